@@ -1,0 +1,297 @@
+"""FF1 format-preserving encryption (NIST SP 800-38G) over AES-128/192/256.
+
+The Feistel state is kept as two integers, never as numeral strings: FF1 only ever uses
+NUM_radix of each half, so the conversions happen once on the way in and once on the way
+out. Everything that depends only on (key, radix, tweak, length) is computed once and kept
+in a :class:`_Plan`: the block P, the CBC-MAC state after P and the constant blocks of Q,
+and the moduli radix^u and radix^v. A round then costs one AES call when the varying part
+of Q and the output S fit in one block, which they do for every value a name or a phone
+number produces.
+
+``encrypt_many`` runs a whole batch of values of one length and tweak in lock-step, with a
+single AES-ECB call per round for the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.crypto.aes import BLOCK, BlockCipher
+from proxy.errors import DomainTooSmallError, InvalidInputError
+
+MIN_DOMAIN = 1_000_000
+MAX_RADIX = 1 << 16
+ROUNDS = 10
+_ALL_ONES = (1 << 128) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one (radix, tweak, length) needs, computed once per key."""
+
+    n: int
+    u: int
+    v: int
+    b: int
+    d: int
+    mod_u: int
+    mod_v: int
+    prefix_state: int  # CBC-MAC state after P and the constant blocks of Q
+    varying_head: int  # the constant bytes of Q's varying blocks, as the high part of an int
+    varying_len: int  # how many bytes of Q vary per round (whole blocks)
+    shift: int  # 8 * (b + 1): where the round number sits in the varying bytes
+
+
+class FF1:
+    """FF1 under one AES key and one radix, for numeral strings of any length n >= 2.
+
+    ``encrypt``/``decrypt`` take and return sequences of numerals (ints below radix).
+    Instances are immutable and may be shared.
+    """
+
+    __slots__ = ("_aes", "_plans", "radix")
+
+    def __init__(self, key: bytes, radix: int) -> None:
+        if not 2 <= radix <= MAX_RADIX:
+            raise InvalidInputError(f"FF1 radix must be 2..{MAX_RADIX}, got {radix}")
+        self._aes = BlockCipher(key)
+        self.radix = radix
+        self._plans: dict[tuple[bytes, int], _Plan] = {}
+
+    # -- public API --------------------------------------------------------------------
+
+    def encrypt(self, numerals: Sequence[int], tweak: bytes = b"") -> list[int]:
+        """Encrypt one numeral string."""
+        plan = self._plan(tweak, len(numerals))
+        a, b = self._split(numerals, plan)
+        for i in range(ROUNDS):
+            y = self._round(plan, i, b)
+            m = plan.mod_u if i % 2 == 0 else plan.mod_v
+            a, b = b, (a + y) % m
+        return self._join(a, b, plan)
+
+    def decrypt(self, numerals: Sequence[int], tweak: bytes = b"") -> list[int]:
+        """Decrypt one numeral string."""
+        plan = self._plan(tweak, len(numerals))
+        a, b = self._split(numerals, plan)
+        for i in reversed(range(ROUNDS)):
+            y = self._round(plan, i, a)
+            m = plan.mod_u if i % 2 == 0 else plan.mod_v
+            a, b = (b - y) % m, a
+        return self._join(a, b, plan)
+
+    def encrypt_int(self, value: int, length: int, tweak: bytes = b"") -> int:
+        """Encrypt the number ``value`` read as ``length`` numerals (big-endian)."""
+        return self._crypt_ints([value], length, tweak, decrypt=False)[0]
+
+    def decrypt_int(self, value: int, length: int, tweak: bytes = b"") -> int:
+        """Inverse of :meth:`encrypt_int`."""
+        return self._crypt_ints([value], length, tweak, decrypt=True)[0]
+
+    def encrypt_many(self, values: Sequence[Sequence[int]], tweak: bytes = b"") -> list[list[int]]:
+        """Encrypt many numeral strings of one length under one tweak, batching AES calls."""
+        return self._crypt_many(values, tweak, decrypt=False)
+
+    def decrypt_many(self, values: Sequence[Sequence[int]], tweak: bytes = b"") -> list[list[int]]:
+        """Decrypt many numeral strings of one length under one tweak, batching AES calls."""
+        return self._crypt_many(values, tweak, decrypt=True)
+
+    def domain(self, length: int) -> int:
+        """How many numeral strings of this length exist (radix^length)."""
+        return int(self.radix**length)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _plan(self, tweak: bytes, n: int) -> _Plan:
+        plan = self._plans.get((tweak, n))
+        if plan is None:
+            plan = self._make_plan(tweak, n)
+            if len(self._plans) < 4096:
+                self._plans[(tweak, n)] = plan
+        return plan
+
+    def _make_plan(self, tweak: bytes, n: int) -> _Plan:
+        radix = self.radix
+        if n < 2:
+            raise InvalidInputError("FF1 needs at least 2 numerals")
+        if n >= 1 << 32 or len(tweak) >= 1 << 32:
+            raise InvalidInputError("FF1 input or tweak too long")
+        if radix**n < MIN_DOMAIN:
+            raise DomainTooSmallError(
+                f"FF1 domain radix^n = {radix}^{n} is below 10^6; use the short-value vault"
+            )
+        u = n // 2
+        v = n - u
+        b = ((radix**v - 1).bit_length() + 7) // 8
+        d = 4 * ((b + 3) // 4) + 4
+        t = len(tweak)
+        p = (
+            bytes([1, 2, 1])
+            + radix.to_bytes(3, "big")
+            + bytes([10, u % 256])
+            + n.to_bytes(4, "big")
+            + t.to_bytes(4, "big")
+        )
+        q_const = tweak + bytes((-t - b - 1) % 16)  # Q = q_const || [i] || NUM(B) as b bytes
+        q_len = len(q_const) + 1 + b
+        varying_start = (len(q_const) // BLOCK) * BLOCK
+        state = self._cbc_mac(0, p + q_const[:varying_start])
+        head = q_const[varying_start:]
+        varying_len = q_len - varying_start
+        return _Plan(
+            n=n,
+            u=u,
+            v=v,
+            b=b,
+            d=d,
+            mod_u=radix**u,
+            mod_v=radix**v,
+            prefix_state=state,
+            varying_head=int.from_bytes(head, "big") << (8 * (b + 1)) if head else 0,
+            varying_len=varying_len,
+            shift=8 * b,
+        )
+
+    def _cbc_mac(self, state: int, data: bytes) -> int:
+        enc = self._aes.encrypt_int
+        for off in range(0, len(data), BLOCK):
+            state = enc(state ^ int.from_bytes(data[off : off + BLOCK], "big"))
+        return state
+
+    def _round(self, plan: _Plan, i: int, half: int) -> int:
+        """y = NUM(S) for round i, with ``half`` the numeral value that enters Q."""
+        tail = plan.varying_head | (i << plan.shift) | half
+        if plan.varying_len == BLOCK:
+            r = self._aes.encrypt_int(plan.prefix_state ^ tail)
+        else:
+            r = self._cbc_mac(plan.prefix_state, tail.to_bytes(plan.varying_len, "big"))
+        return self._expand(r, plan.d)
+
+    def _expand(self, r: int, d: int) -> int:
+        """NUM of the first d bytes of S = R || CIPH(R xor [1]) || CIPH(R xor [2]) ..."""
+        if d <= BLOCK:
+            return r >> (8 * (BLOCK - d))
+        blocks = (d + BLOCK - 1) // BLOCK
+        s = r
+        for j in range(1, blocks):
+            s = (s << 128) | self._aes.encrypt_int(r ^ j)
+        return s >> (8 * (blocks * BLOCK - d))
+
+    def _split(self, numerals: Sequence[int], plan: _Plan) -> tuple[int, int]:
+        radix = self.radix
+        a = 0
+        for k in range(plan.u):
+            x = numerals[k]
+            if not 0 <= x < radix:
+                raise InvalidInputError(f"numeral {x} is outside radix {radix}")
+            a = a * radix + x
+        b = 0
+        for k in range(plan.u, plan.n):
+            x = numerals[k]
+            if not 0 <= x < radix:
+                raise InvalidInputError(f"numeral {x} is outside radix {radix}")
+            b = b * radix + x
+        return a, b
+
+    def _digits(self, x: int, m: int) -> list[int]:
+        out = [0] * m
+        radix = self.radix
+        for k in range(m - 1, -1, -1):
+            x, out[k] = divmod(x, radix)
+        return out
+
+    def _join(self, a: int, b: int, plan: _Plan) -> list[int]:
+        return self._digits(a, plan.u) + self._digits(b, plan.v)
+
+    def _crypt_ints(
+        self, values: Sequence[int], length: int, tweak: bytes, *, decrypt: bool
+    ) -> list[int]:
+        plan = self._plan(tweak, length)
+        pairs = []
+        for x in values:
+            if not 0 <= x < plan.mod_u * plan.mod_v:
+                raise InvalidInputError("value is outside the FF1 domain")
+            pairs.append(divmod(x, plan.mod_v))
+        return [a * plan.mod_v + b for a, b in self._rounds_many(plan, pairs, decrypt)]
+
+    def _crypt_many(
+        self, values: Sequence[Sequence[int]], tweak: bytes, *, decrypt: bool
+    ) -> list[list[int]]:
+        if not values:
+            return []
+        n = len(values[0])
+        if any(len(x) != n for x in values):
+            raise InvalidInputError("a batch must hold values of one length")
+        plan = self._plan(tweak, n)
+        pairs = [self._split(x, plan) for x in values]
+        return [self._join(a, b, plan) for a, b in self._rounds_many(plan, pairs, decrypt)]
+
+    def _rounds_many(
+        self, plan: _Plan, pairs: list[tuple[int, int]], decrypt: bool
+    ) -> list[tuple[int, int]]:
+        """Run the ten rounds over a batch, one AES call per round when Q's tail is one block."""
+        if plan.varying_len != BLOCK or plan.d > BLOCK or len(pairs) < 4:
+            return [self._rounds_one(plan, a, b, decrypt) for a, b in pairs]
+        a_s = [a for a, _ in pairs]
+        b_s = [b for _, b in pairs]
+        encrypt = self._aes.encrypt
+        base = plan.prefix_state
+        head = plan.varying_head
+        drop = 8 * (BLOCK - plan.d)
+        order = reversed(range(ROUNDS)) if decrypt else range(ROUNDS)
+        for i in order:
+            m = plan.mod_u if i % 2 == 0 else plan.mod_v
+            mark = head | (i << plan.shift)
+            halves = a_s if decrypt else b_s
+            blob = b"".join((base ^ mark ^ h).to_bytes(BLOCK, "big") for h in halves)
+            out = encrypt(blob)
+            ys = [
+                int.from_bytes(out[k : k + BLOCK], "big") >> drop
+                for k in range(0, len(out), BLOCK)
+            ]
+            if decrypt:
+                a_s, b_s = [(b - y) % m for b, y in zip(b_s, ys, strict=True)], a_s
+            else:
+                a_s, b_s = b_s, [(a + y) % m for a, y in zip(a_s, ys, strict=True)]
+        return list(zip(a_s, b_s, strict=True))
+
+    def _rounds_one(self, plan: _Plan, a: int, b: int, decrypt: bool) -> tuple[int, int]:
+        if decrypt:
+            for i in reversed(range(ROUNDS)):
+                y = self._round(plan, i, a)
+                m = plan.mod_u if i % 2 == 0 else plan.mod_v
+                a, b = (b - y) % m, a
+        else:
+            for i in range(ROUNDS):
+                y = self._round(plan, i, b)
+                m = plan.mod_u if i % 2 == 0 else plan.mod_v
+                a, b = b, (a + y) % m
+        return a, b
+
+
+class AlphabetFF1:
+    """FF1 over the characters of an alphabet: strings in, strings out."""
+
+    __slots__ = ("_ff1", "_index", "alphabet")
+
+    def __init__(self, key: bytes, alphabet: str) -> None:
+        if len(set(alphabet)) != len(alphabet):
+            raise InvalidInputError("an FF1 alphabet must not repeat a character")
+        self.alphabet = alphabet
+        self._index = {c: i for i, c in enumerate(alphabet)}
+        self._ff1 = FF1(key, len(alphabet))
+
+    def _numerals(self, text: str) -> list[int]:
+        try:
+            return [self._index[c] for c in text]
+        except KeyError:
+            raise InvalidInputError("the value has a character outside the alphabet") from None
+
+    def encrypt(self, text: str, tweak: bytes = b"") -> str:
+        """Encrypt a string over the alphabet."""
+        return "".join(self.alphabet[x] for x in self._ff1.encrypt(self._numerals(text), tweak))
+
+    def decrypt(self, text: str, tweak: bytes = b"") -> str:
+        """Decrypt a string over the alphabet."""
+        return "".join(self.alphabet[x] for x in self._ff1.decrypt(self._numerals(text), tweak))
