@@ -89,6 +89,14 @@ class FF1:
         """Inverse of :meth:`encrypt_int`."""
         return self._crypt_ints([value], length, tweak, decrypt=True)[0]
 
+    def encrypt_ints(self, values: Sequence[int], length: int, tweak: bytes = b"") -> list[int]:
+        """:meth:`encrypt_int` over a batch of one length and tweak, batching AES calls."""
+        return self._crypt_ints(values, length, tweak, decrypt=False)
+
+    def decrypt_ints(self, values: Sequence[int], length: int, tweak: bytes = b"") -> list[int]:
+        """:meth:`decrypt_int` over a batch of one length and tweak, batching AES calls."""
+        return self._crypt_ints(values, length, tweak, decrypt=True)
+
     def encrypt_many(self, values: Sequence[Sequence[int]], tweak: bytes = b"") -> list[list[int]]:
         """Encrypt many numeral strings of one length under one tweak, batching AES calls."""
         return self._crypt_many(values, tweak, decrypt=False)
