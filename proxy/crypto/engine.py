@@ -1,0 +1,156 @@
+"""The token engine: one keyring snapshot, the tokenizers of each kind, a vault and a registry.
+
+Both front ends and the CLI go through here. ``tokenize`` makes a token under the active key
+and records it in the registry; ``detokenize`` accepts only registered tokens, resolves them
+under the key version that issued them, and refuses a token two versions disagree on;
+``resolve`` is what write-back uses: a registered token becomes its value, anything else is
+a value the agent typed and passes unchanged.
+
+The engine is synchronous and does no I/O. A registry or vault backed by a database records
+into memory here and is flushed by the caller before any token leaves (see ``proxy.store``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from proxy.crypto.keyring import Keyring
+from proxy.crypto.registry import TokenRegistry
+from proxy.crypto.tokens import IssuedToken, Tokenized, Tokenizer
+from proxy.crypto.vault import Vault
+from proxy.errors import InvalidInputError, KeyringError, NotATokenError
+
+CACHE_SIZE = 100_000
+
+
+class AmbiguousTokenError(NotATokenError):
+    """Two live key versions issued this token for different values: refuse, never guess."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What a value coming back in a request turned out to be."""
+
+    value: str
+    was_token: bool
+
+
+class TokenEngine:
+    """Tokenize and resolve values of every kind under one keyring snapshot."""
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        tokenizers: Mapping[str, Tokenizer],
+        vault: Vault,
+        registry: TokenRegistry,
+        *,
+        cache_size: int = CACHE_SIZE,
+    ) -> None:
+        self.keyring = keyring
+        self.vault = vault
+        self.registry = registry
+        self._tokenizers = dict(tokenizers)
+        self._cache: OrderedDict[tuple[str, str], Tokenized] = OrderedDict()
+        self._cache_size = cache_size
+
+    def with_keyring(self, keyring: Keyring) -> TokenEngine:
+        """A new engine on another keyring snapshot, sharing vault and registry."""
+        return TokenEngine(
+            keyring, self._tokenizers, self.vault, self.registry, cache_size=self._cache_size
+        )
+
+    def tokenizer(self, kind: str) -> Tokenizer:
+        """The tokenizer of a kind; an unknown kind is an error, never a pass-through."""
+        try:
+            return self._tokenizers[kind]
+        except KeyError:
+            raise InvalidInputError(f"unknown field kind {kind!r}") from None
+
+    def tokenize(self, kind: str, value: str) -> str:
+        """The token of ``value`` under the active key, recorded in the registry."""
+        cached = self._cache.get((kind, value))
+        if cached is not None:
+            self._cache.move_to_end((kind, value))
+            return cached.token
+        key = self.keyring.active
+        result = self.tokenizer(kind).tokenize(value, key, self.vault)
+        self.registry.record(self._issued(kind, result, key.version))
+        self._remember((kind, value), result)
+        return result.token
+
+    def tokenize_many(self, kind: str, values: Sequence[str]) -> list[str]:
+        """Tokens of many values of one kind (the tokenizer batches FF1 where it can)."""
+        key = self.keyring.active
+        out: list[str | None] = []
+        missing: dict[str, list[int]] = {}
+        for i, value in enumerate(values):
+            cached = self._cache.get((kind, value))
+            out.append(cached.token if cached is not None else None)
+            if cached is None:
+                missing.setdefault(value, []).append(i)
+        if missing:
+            tokenizer = self.tokenizer(kind)
+            batch = getattr(tokenizer, "tokenize_many", None)
+            fresh = list(missing)
+            if batch is not None:
+                results: list[Tokenized] = batch(fresh, key, self.vault)
+            else:
+                results = [tokenizer.tokenize(v, key, self.vault) for v in fresh]
+            issued: list[IssuedToken] = []
+            for value, result in zip(fresh, results, strict=True):
+                issued.extend(self._issued(kind, result, key.version))
+                self._remember((kind, value), result)
+                for i in missing[value]:
+                    out[i] = result.token
+            self.registry.record(issued)
+        return [t for t in out if t is not None]
+
+    def detokenize(self, kind: str, token: str) -> str:
+        """The value behind a token this proxy issued; anything else raises NotATokenError."""
+        rows = self.registry.lookup(kind, token)
+        if not rows:
+            raise NotATokenError(f"not a {kind} token issued by this proxy")
+        values = set()
+        for row in rows:
+            try:
+                key = self.keyring.get(row.version)
+            except KeyringError:
+                continue  # a retired or unknown version no longer resolves
+            values.add(self.tokenizer(kind).detokenize(token, key, self.vault))
+        if not values:
+            raise NotATokenError(f"{kind} token's key version is retired")
+        if len(values) > 1:
+            raise AmbiguousTokenError(
+                f"{kind} token was issued under several key versions for different values; "
+                "reload the record to get a current token"
+            )
+        return values.pop()
+
+    def resolve(self, kind: str, value: str) -> Resolution:
+        """Write-back: a registered token becomes its value; any other value passes as typed."""
+        try:
+            return Resolution(self.detokenize(kind, value), True)
+        except AmbiguousTokenError:
+            raise
+        except NotATokenError:
+            return Resolution(value, False)
+
+    def forget(self, kind: str, value: str) -> None:
+        """Drop a cached token (the vault lost a race to another proxy and took its token)."""
+        self._cache.pop((kind, value), None)
+
+    # -- internals ---------------------------------------------------------------------
+
+    @staticmethod
+    def _issued(kind: str, result: Tokenized, version: int) -> list[IssuedToken]:
+        if result.pieces:
+            return list(result.pieces)
+        return [IssuedToken(kind, result.token, version, result.method)]
+
+    def _remember(self, key: tuple[str, str], result: Tokenized) -> None:
+        self._cache[key] = result
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
