@@ -1,1 +1,1 @@
-"""HTTP/JSON front end: an aiohttp reverse proxy that tokenizes responses and resolves tokens in requests."""
+"""HTTP/JSON front end: a reverse proxy that tokenizes responses and resolves tokens in requests."""

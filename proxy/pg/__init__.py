@@ -1,1 +1,1 @@
-"""PostgreSQL v3 front end: a sans-I/O codec, the session state machine, query lineage, asyncio pumps."""
+"""PostgreSQL v3 front end: sans-I/O codec, session state machine, query lineage, pumps."""
