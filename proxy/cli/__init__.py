@@ -1,0 +1,30 @@
+"""The ``tokenproxy`` command: the root group ``main``; each command group is a module here."""
+
+from __future__ import annotations
+
+import click
+
+from proxy import __version__
+from proxy.cli.common import LOG_LEVELS, TokenProxyGroup, configure_logging
+from proxy.cli.keys import keys
+
+
+@click.group(cls=TokenProxyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="tokenproxy")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="warning",
+    envvar="TOKENPROXY_LOG_LEVEL",
+    show_default=True,
+    show_envvar=True,
+    help="How much to log (to stderr).",
+)
+def main(log_level: str) -> None:
+    """tokenproxy: a reverse proxy that replaces customer names and phone numbers with tokens."""
+    configure_logging(log_level)
+
+
+main.add_command(keys)
+
+__all__ = ["main"]
