@@ -9,11 +9,14 @@ of Q and the output S fit in one block, which they do for every value a name or 
 number produces.
 
 ``encrypt_many`` runs a whole batch of values of one length and tweak in lock-step, with a
-single AES-ECB call per round for the batch.
+single AES-ECB call per round for the batch (idea and first measurements: the name
+tokenizer's author; about 2.5x the per-value loop it replaced).
 """
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +26,7 @@ from proxy.errors import DomainTooSmallError, InvalidInputError
 MIN_DOMAIN = 1_000_000
 MAX_RADIX = 1 << 16
 ROUNDS = 10
-_ALL_ONES = (1 << 128) - 1
+_LITTLE = sys.byteorder == "little"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,26 +241,40 @@ class FF1:
     def _rounds_many(
         self, plan: _Plan, pairs: list[tuple[int, int]], decrypt: bool
     ) -> list[tuple[int, int]]:
-        """Run the ten rounds over a batch, one AES call per round when Q's tail is one block."""
-        if plan.varying_len != BLOCK or plan.d > BLOCK or len(pairs) < 4:
+        """Run the ten rounds over a batch with one AES-ECB call per round.
+
+        The batch's Q blocks are built as one big integer (XOR of the round constant repeated
+        n times with the halves laid out in 64-bit words), and the round outputs are read back
+        as 64-bit words: no per-value bytes objects. Used when Q's varying tail is one block
+        and S fits in it, which holds for every name and phone.
+        """
+        if plan.varying_len != BLOCK or plan.d > BLOCK or plan.b > 8 or len(pairs) < 4:
             return [self._rounds_one(plan, a, b, decrypt) for a, b in pairs]
+        n = len(pairs)
+        width = BLOCK * n
         a_s = [a for a, _ in pairs]
         b_s = [b for _, b in pairs]
         encrypt = self._aes.encrypt
-        base = plan.prefix_state
-        head = plan.varying_head
-        drop = 8 * (BLOCK - plan.d)
         order = reversed(range(ROUNDS)) if decrypt else range(ROUNDS)
+        wide = plan.d > 8
+        drop = 8 * (2 * 8 - plan.d) if wide else 8 * (8 - plan.d)
         for i in order:
             m = plan.mod_u if i % 2 == 0 else plan.mod_v
-            mark = head | (i << plan.shift)
-            halves = a_s if decrypt else b_s
-            blob = b"".join((base ^ mark ^ h).to_bytes(BLOCK, "big") for h in halves)
-            out = encrypt(blob)
-            ys = [
-                int.from_bytes(out[k : k + BLOCK], "big") >> drop
-                for k in range(0, len(out), BLOCK)
-            ]
+            const = plan.prefix_state ^ plan.varying_head ^ (i << plan.shift)
+            words = array("Q", bytes(width))
+            words[1::2] = array("Q", a_s if decrypt else b_s)  # halves < 2^64 (b <= 8)
+            if _LITTLE:
+                words.byteswap()
+            blocks = int.from_bytes(words.tobytes(), "big")
+            blocks ^= int.from_bytes(const.to_bytes(BLOCK, "big") * n, "big")
+            out = array("Q", encrypt(blocks.to_bytes(width, "big")))
+            if _LITTLE:
+                out.byteswap()
+            hi = out[0::2]
+            if wide:
+                ys = [((y << 64) | z) >> drop for y, z in zip(hi, out[1::2], strict=True)]
+            else:
+                ys = [y >> drop for y in hi]
             if decrypt:
                 a_s, b_s = [(b - y) % m for b, y in zip(b_s, ys, strict=True)], a_s
             else:
