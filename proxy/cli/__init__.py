@@ -5,8 +5,12 @@ from __future__ import annotations
 import click
 
 from proxy import __version__
+from proxy.cli.audit import audit
 from proxy.cli.common import LOG_LEVELS, TokenProxyGroup, configure_logging
+from proxy.cli.db import db
 from proxy.cli.keys import keys
+from proxy.cli.tickets import tickets
+from proxy.cli.tokens import detokenize, tokenize
 
 
 @click.group(cls=TokenProxyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,5 +30,10 @@ def main(log_level: str) -> None:
 
 
 main.add_command(keys)
+main.add_command(db)
+main.add_command(tickets)
+main.add_command(audit)
+main.add_command(tokenize)
+main.add_command(detokenize)
 
 __all__ = ["main"]

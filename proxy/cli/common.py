@@ -8,10 +8,11 @@ Errors: a :class:`~proxy.errors.TokenProxyError` from any command prints
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -21,6 +22,7 @@ from proxy import keystore
 from proxy.errors import TokenProxyError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 EXIT_ERROR = 2
 KEYS_ENV = "TOKENPROXY_KEYS"
@@ -111,3 +113,32 @@ def keyring_options(f: F) -> F:
 def load_kek(kek_file: Path | None, keys_dir: Path) -> bytes:
     """The KEK from ``--kek-file`` or ``TOKENPROXY_KEK``, or a clear error."""
     return keystore.resolve_kek(kek_file, os.environ, keys_dir=keys_dir)
+
+
+def database_option(f: F) -> F:
+    """``--database URL``: the state database (env ``DATABASE_URL``)."""
+    return click.option(
+        "--database",
+        "database_url",
+        envvar="DATABASE_URL",
+        show_envvar=True,
+        metavar="URL",
+        help="PostgreSQL URL of the state database (registry, vault, tickets, audit).",
+    )(f)
+
+
+def require_database(url: str | None) -> str:
+    """The database URL, or a clear error saying how to give one."""
+    if not url:
+        raise CommandError("no database: pass --database URL or set DATABASE_URL")
+    return url
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one coroutine on a fresh event loop (uvloop where available)."""
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(coro)

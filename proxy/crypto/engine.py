@@ -17,8 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.crypto.keyring import Keyring
+from proxy.crypto.names import NameTokenizer
+from proxy.crypto.phones import PhoneTokenizer
 from proxy.crypto.registry import TokenRegistry
-from proxy.crypto.tokens import IssuedToken, Tokenized, Tokenizer
+from proxy.crypto.text import TextTokenizer
+from proxy.crypto.tokens import IssuedToken, Kind, Tokenized, Tokenizer
 from proxy.crypto.vault import Vault
 from proxy.errors import InvalidInputError, KeyringError, NotATokenError
 
@@ -55,6 +58,26 @@ class TokenEngine:
         self._tokenizers = dict(tokenizers)
         self._cache: OrderedDict[tuple[str, str], Tokenized] = OrderedDict()
         self._cache_size = cache_size
+
+    @classmethod
+    def standard(
+        cls,
+        keyring: Keyring,
+        vault: Vault,
+        registry: TokenRegistry,
+        *,
+        default_region: str = "ID",
+        cache_size: int = CACHE_SIZE,
+    ) -> TokenEngine:
+        """The engine with tokenproxy's name, phone and free-text tokenizers."""
+        names, phones = NameTokenizer(), PhoneTokenizer(default_region)
+        return cls(
+            keyring,
+            {Kind.NAME: names, Kind.PHONE: phones, Kind.TEXT: TextTokenizer(names, phones)},
+            vault,
+            registry,
+            cache_size=cache_size,
+        )
 
     def with_keyring(self, keyring: Keyring) -> TokenEngine:
         """A new engine on another keyring snapshot, sharing vault and registry."""
@@ -107,6 +130,17 @@ class TokenEngine:
                     out[i] = result.token
             self.registry.record(issued)
         return [t for t in out if t is not None]
+
+    def tokenize_text(self, value: str, known_names: Sequence[str] = ()) -> str:
+        """A free-text note with its phones and the record's known names tokenized, exactly
+        as the structured fields are; the tokens inside are recorded in the registry."""
+        text = self.tokenizer(Kind.TEXT)
+        if not isinstance(text, TextTokenizer):
+            raise InvalidInputError("this engine has no free-text tokenizer")
+        key = self.keyring.active
+        result = text.tokenize(value, key, self.vault, known_names=known_names)
+        self.registry.record(self._issued(Kind.TEXT, result, key.version))
+        return result.token
 
     def detokenize(self, kind: str, token: str) -> str:
         """The value behind a token this proxy issued; anything else raises NotATokenError."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from proxy.crypto.tokens import IssuedToken
+from proxy.crypto.tokens import IssuedToken, Method
 
 
 class TokenRegistry(Protocol):
@@ -45,3 +45,21 @@ class MemoryRegistry:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+class AssumedRegistry:
+    """Takes every value for a token of one key version, recording nothing.
+
+    For ``tokenproxy detokenize`` without a database, where no registry exists: the admin
+    vouches that the input is tokens. Never used by the proxy itself.
+    """
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+
+    def record(self, issued: Iterable[IssuedToken]) -> None:
+        """Nothing is kept."""
+
+    def lookup(self, kind: str, token: str) -> tuple[IssuedToken, ...]:
+        """Every value is a token of ``version``."""
+        return (IssuedToken(kind, token, self.version, Method.FF1),)
