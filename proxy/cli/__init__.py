@@ -8,6 +8,7 @@ from proxy import __version__
 from proxy.cli.audit import audit
 from proxy.cli.common import LOG_LEVELS, TokenProxyGroup, configure_logging
 from proxy.cli.db import db
+from proxy.cli.demo import demo
 from proxy.cli.keys import keys
 from proxy.cli.tickets import tickets
 from proxy.cli.tokens import detokenize, tokenize
@@ -35,5 +36,6 @@ main.add_command(tickets)
 main.add_command(audit)
 main.add_command(tokenize)
 main.add_command(detokenize)
+main.add_command(demo)
 
 __all__ = ["main"]
