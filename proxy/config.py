@@ -189,6 +189,7 @@ class AdminToken:
 class AdminConfig:
     listen: str = "127.0.0.1:8081"
     tokens: tuple[AdminToken, ...] = ()
+    metrics_public: bool = True  # /metrics without a bearer token (Prometheus scrapers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1272,6 +1273,7 @@ def _kind_value(t: _Table, path: KeyPath, value: object, key: str) -> Kind | Non
 def _admin(t: _Table) -> AdminConfig:
     d = AdminConfig()
     listen = t.string("listen", d.listen, _check_listen)
+    metrics_public = t.boolean("metrics_public", d.metrics_public)
     tokens: list[AdminToken] = []
     names: set[str] = set()
     for tt in t.tables("tokens", "an admin token"):
@@ -1291,7 +1293,7 @@ def _admin(t: _Table) -> AdminConfig:
             names.add(name)
             tokens.append(AdminToken(name, digest))
     t.finish()
-    return AdminConfig(listen, tuple(tokens))
+    return AdminConfig(listen, tuple(tokens), metrics_public)
 
 
 def _pg(t: _Table) -> PgConfig:

@@ -17,7 +17,7 @@ def _tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_is_clean() -> None:
-    run = _tool("ruff", "check", "proxy", "tests", "loadtest", "dev.py")
+    run = _tool("ruff", "check", "proxy", "tests", "loadtest", "examples", "dev.py")
     assert run.returncode == 0, run.stdout + run.stderr
 
 

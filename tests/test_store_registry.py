@@ -7,7 +7,7 @@ import pytest
 from store_fixtures import *  # noqa: F403
 from store_fixtures import KIND, make_engine, make_keyring
 
-from proxy.crypto.engine import AmbiguousTokenError
+from proxy.crypto.engine import AmbiguousTokenError, StaleTokenError
 from proxy.crypto.tokens import IssuedToken, Method
 from proxy.errors import NotATokenError
 from proxy.store.durable import resolve_many, tokenize_durably
@@ -125,14 +125,16 @@ async def test_full_queue_drops_the_oldest_rows(store_pool: asyncpg.Pool) -> Non
     assert stored == "T0000050"
 
 
-async def test_retired_versions_stop_resolving_and_purge(store_pool: asyncpg.Pool) -> None:
+async def test_purging_a_version_forgets_its_tokens(store_pool: asyncpg.Pool) -> None:
+    # Before the purge a retired version's rows are still looked up, so that the engine
+    # refuses its tokens (StaleTokenError) instead of passing them on as typed values.
     registry = PgTokenRegistry(store_pool)
     registry.record(_rows(5, version=1, prefix="A") + _rows(5, version=2, prefix="B"))
     await registry.flush()
-    registry.retire(1)
+    assert registry.lookup(KIND, "A0000001")
+    assert await registry.purge_version(1) == 5
     assert registry.lookup(KIND, "A0000001") == ()
     assert registry.lookup(KIND, "B0000001")
-    assert await registry.purge_version(1) == 5
     assert await _count(store_pool) == 5
     other = PgTokenRegistry(store_pool)
     await other.prefetch(KIND, ["A0000001", "B0000001"])
@@ -158,7 +160,7 @@ async def test_engine_round_trip_across_two_proxies(store_pool: asyncpg.Pool) ->
         engine_b.detokenize(KIND, typed)
 
 
-async def test_rotation_keeps_old_tokens_until_retired(store_pool: asyncpg.Pool) -> None:
+async def test_old_tokens_resolve_until_retired_then_are_refused(store_pool: asyncpg.Pool) -> None:
     registry, vault = PgTokenRegistry(store_pool), PgVault(store_pool)
     v1 = make_engine(registry, vault, make_keyring(1))
     old = await tokenize_durably(v1, registry, vault, KIND, ["6281234567", "77"])
@@ -174,8 +176,11 @@ async def test_rotation_keeps_old_tokens_until_retired(store_pool: asyncpg.Pool)
         tuple(k.with_state(k.state.RETIRED) if k.version == 1 else k for k in retired.keys)
     )
     reader = reader.with_keyring(retired)
-    resolved = await resolve_many(reader, fresh_reg, fresh_vault, KIND, [*old, *new])
-    assert [r.was_token for r in resolved] == [False, False, True, True]
+    resolved = await resolve_many(reader, fresh_reg, fresh_vault, KIND, new)
+    assert [r.value for r in resolved] == ["6281234567", "77"]
+    for token in old:  # refused, never passed on as a typed value (it would be stored as data)
+        with pytest.raises(StaleTokenError):
+            await resolve_many(reader, fresh_reg, fresh_vault, KIND, [token])
 
 
 async def test_ambiguous_token_is_refused(store_pool: asyncpg.Pool) -> None:

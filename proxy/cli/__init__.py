@@ -1,20 +1,52 @@
-"""The ``tokenproxy`` command: the root group ``main``; each command group is a module here."""
+"""The ``tokenproxy`` command: the root group ``main``; each command group is a module here.
+
+Groups are imported when they are invoked (or listed by ``--help``), not at start-up: the
+proxy's modules pull in aiohttp, asyncpg and the tokenizers, and ``tokenproxy keys list``
+need not wait for them.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 import click
 
 from proxy import __version__
-from proxy.cli.audit import audit
 from proxy.cli.common import LOG_LEVELS, TokenProxyGroup, configure_logging
-from proxy.cli.db import db
-from proxy.cli.demo import demo
-from proxy.cli.keys import keys
-from proxy.cli.tickets import tickets
-from proxy.cli.tokens import detokenize, tokenize
+
+# command name -> "module:attribute" under proxy.cli
+COMMANDS = {
+    "keys": "keys:keys",
+    "tokenize": "tokens:tokenize",
+    "detokenize": "tokens:detokenize",
+    "db": "db:db",
+    "tickets": "tickets:tickets",
+    "audit": "audit:audit",
+    "serve": "serve:serve",
+    "config": "config:config",
+    "admin": "admin:admin",
+    "demo": "demo:demo",
+}
 
 
-@click.group(cls=TokenProxyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(TokenProxyGroup):
+    """The root group: subcommands resolved from :data:`COMMANDS` on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        command: Any = getattr(importlib.import_module(f"proxy.cli.{module}"), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="tokenproxy")
 @click.option(
     "--log-level",
@@ -30,12 +62,4 @@ def main(log_level: str) -> None:
     configure_logging(log_level)
 
 
-main.add_command(keys)
-main.add_command(db)
-main.add_command(tickets)
-main.add_command(audit)
-main.add_command(tokenize)
-main.add_command(detokenize)
-main.add_command(demo)
-
-__all__ = ["main"]
+__all__ = ["COMMANDS", "main"]

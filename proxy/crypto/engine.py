@@ -28,8 +28,18 @@ from proxy.errors import InvalidInputError, KeyringError, NotATokenError
 CACHE_SIZE = 100_000
 
 
-class AmbiguousTokenError(NotATokenError):
-    """Two live key versions issued this token for different values: refuse, never guess."""
+class UnresolvableTokenError(NotATokenError):
+    """A token this proxy issued that cannot be resolved here and now. Refuse the request:
+    passing it on as typed would store a token as data."""
+
+
+class AmbiguousTokenError(UnresolvableTokenError):
+    """Two key versions issued this token for different values: refuse, never guess."""
+
+
+class StaleTokenError(UnresolvableTokenError):
+    """The token was issued under a key version that is retired, or not loaded in this
+    proxy yet (another proxy rotated first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,19 +153,32 @@ class TokenEngine:
         return result.token
 
     def detokenize(self, kind: str, token: str) -> str:
-        """The value behind a token this proxy issued; anything else raises NotATokenError."""
+        """The value behind a token this proxy issued.
+
+        Raises :class:`NotATokenError` for a value the registry does not know, and
+        :class:`UnresolvableTokenError` for a registered token that cannot be resolved
+        exactly: one of its key versions is retired or not loaded here, the versions
+        disagree, or its vault entry is missing.
+        """
         rows = self.registry.lookup(kind, token)
         if not rows:
             raise NotATokenError(f"not a {kind} token issued by this proxy")
+        tokenizer = self.tokenizer(kind)
         values = set()
         for row in rows:
             try:
                 key = self.keyring.get(row.version)
             except KeyringError:
-                continue  # a retired or unknown version no longer resolves
-            values.add(self.tokenizer(kind).detokenize(token, key, self.vault))
-        if not values:
-            raise NotATokenError(f"{kind} token's key version is retired")
+                raise StaleTokenError(
+                    f"{kind} token was issued under key version {row.version}, which is "
+                    "retired or not loaded in this proxy: reload the record (or the keys)"
+                ) from None
+            try:
+                values.add(tokenizer.detokenize(token, key, self.vault))
+            except NotATokenError as exc:
+                raise UnresolvableTokenError(
+                    f"{kind} token of key version {row.version} cannot be resolved: {exc}"
+                ) from None
         if len(values) > 1:
             raise AmbiguousTokenError(
                 f"{kind} token was issued under several key versions for different values; "
@@ -164,10 +187,11 @@ class TokenEngine:
         return values.pop()
 
     def resolve(self, kind: str, value: str) -> Resolution:
-        """Write-back: a registered token becomes its value; any other value passes as typed."""
+        """Write-back: a registered token becomes its value; any other value passes as typed;
+        a registered token that cannot be resolved raises (see :meth:`detokenize`)."""
         try:
             return Resolution(self.detokenize(kind, value), True)
-        except AmbiguousTokenError:
+        except UnresolvableTokenError:
             raise
         except NotATokenError:
             return Resolution(value, False)

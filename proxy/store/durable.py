@@ -382,12 +382,6 @@ class Store:
             self.health.on_lost(lost)
         await self.registry.flush()
 
-    def retire_versions(self, keyring: Keyring) -> None:
-        """Stop resolving, in this process, tokens of the keyring's retired versions."""
-        for key in keyring.keys:
-            if key.state is KeyState.RETIRED:
-                self.registry.retire(key.version)
-
     async def purge_version(self, version: int, keyring: Keyring) -> tuple[int, int]:
         """Delete a retired version's registry and vault rows: (registry rows, vault rows).
 

@@ -119,7 +119,6 @@ class PgTokenRegistry:
         self._cache: OrderedDict[_Key, _Entry] = OrderedDict()
         self._negative: OrderedDict[_Key, float] = OrderedDict()
         self._pending: OrderedDict[_Row, Method] = OrderedDict()
-        self._retired: set[int] = set()
         self._cache_size = cache_size
         self._negative_size = negative_cache_size
         self._negative_ttl = negative_ttl
@@ -151,13 +150,12 @@ class PgTokenRegistry:
             self._drop_oldest()
 
     def lookup(self, kind: str, token: str) -> tuple[IssuedToken, ...]:
-        """The cached rows of ``token`` outside retired versions; () if not known here."""
+        """The cached rows of ``token``, retired versions included (the engine refuses
+        those rather than pass the token on as a typed value); () if not known here."""
         entry = self._cache.get((kind, token))
         if entry is None:
             return ()
         self._cache.move_to_end((kind, token))
-        if self._retired:
-            return tuple(r for v, r in entry.rows.items() if v not in self._retired)
         return tuple(entry.rows.values())
 
     # -- I/O --------------------------------------------------------------------------------
@@ -260,16 +258,11 @@ class PgTokenRegistry:
         while len(self._negative) > self._negative_size:
             self._negative.popitem(last=False)
 
-    def retire(self, version: int) -> None:
-        """Stop resolving tokens of a retired key version (at once, in this process)."""
-        self._retired.add(version)
-
     async def purge_version(self, version: int) -> int:
         """Delete a retired version's rows from the table and the cache; returns rows deleted.
 
         Only for versions already retired in the keyring: their tokens no longer resolve.
         """
-        self.retire(version)
         self._pending = OrderedDict((k, m) for k, m in self._pending.items() if k[2] != version)
         for key in list(self._cache):
             entry = self._cache[key]
