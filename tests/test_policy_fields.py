@@ -55,9 +55,11 @@ def test_the_default_rule_classifies_keys(key: str, kind: Kind | None) -> None:
 def test_customer_id_keys_rank_in_configured_order() -> None:
     assert DEFAULT_FIELDS.id_rank("customer_id") == 0
     assert DEFAULT_FIELDS.id_rank("customerId") == 0
-    assert DEFAULT_FIELDS.id_rank("ID") == 1
-    assert DEFAULT_FIELDS.id_rank("id2") is None  # ids are exact: id2 is another thing
-    assert DEFAULT_FIELDS.id_rank("full_name") is None
+    assert DEFAULT_FIELDS.id_rank("id") is None  # not by default: any object has an id
+    rule = DefaultFields(customer_id_fields=("customer_id", "id"))
+    assert rule.id_rank("ID") == 1
+    assert rule.id_rank("id2") is None  # ids are exact: id2 is another thing
+    assert rule.id_rank("full_name") is None
 
 
 def test_globs_protect_families_of_keys() -> None:

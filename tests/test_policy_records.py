@@ -20,11 +20,31 @@ from proxy.policy.records import (
     Record,
     _Builder,
     customer_id_of,
-    extract_records,
     json_value,
 )
+from proxy.policy.records import extract_records as extract_with
 from proxy.policy.routes import Route
 from proxy.policy.transform import apply_replacements
+
+# Most tests here are about the sibling-id mechanism and write ids as "id"; the shipped
+# default only trusts "customer_id" (see test_the_default_rule_does_not_take_id_for_a_customer)
+WITH_ID = DefaultFields(customer_id_fields=("customer_id", "id"))
+
+
+def extract_records(
+    doc: Any, route: Route | None = None, defaults: DefaultFields = WITH_ID
+) -> list[Record]:
+    return extract_with(doc, route, defaults)
+
+
+def test_the_default_rule_does_not_take_id_for_a_customer() -> None:
+    # an order's own id must not make its contact revealable under a ticket for customer 42
+    doc = {"id": 42, "contact_name": "Budi", "customer": {"customer_id": 7, "name": "Siti"}}
+    out = flat(extract_with(doc, None, DEFAULT_FIELDS))
+    assert out == {
+        ("contact_name",): (None, Kind.NAME, "Budi"),
+        ("customer", "name"): ("7", Kind.NAME, "Siti"),
+    }
 
 LIST_ROUTE = Route.parse(
     "GET", "/customers", "$.customers[*].id",
@@ -275,7 +295,7 @@ def test_an_unmatched_route_body_still_gets_the_default_rule() -> None:
 
 
 def test_big_objects_are_scanned_without_caching_a_plan() -> None:
-    rule = DefaultFields()
+    rule = DefaultFields(customer_id_fields=("customer_id", "id"))
     doc = {f"k{i}": {"phone": str(i), "id": i} for i in range(200)}
     doc["name"] = "top"  # type: ignore[assignment]
     out = flat(extract_records(doc, None, rule))
@@ -354,7 +374,7 @@ def expected_leaves(doc: Any, rule: DefaultFields) -> dict[tuple[Any, ...], tupl
 @given(json_docs)
 def test_every_protected_leaf_of_a_random_document_is_found(doc: Any) -> None:
     found = {loc: (cid, kind) for loc, (cid, kind, _) in flat(extract_records(doc)).items()}
-    assert found == expected_leaves(doc, DEFAULT_FIELDS)
+    assert found == expected_leaves(doc, WITH_ID)
     for r in extract_records(doc):
         for f in r.fields:
             value = get_at(doc, f.location)
@@ -383,7 +403,7 @@ def test_the_one_pass_for_record_shaped_routes_agrees_with_the_general_way(
     doc: Any, route: Route
 ) -> None:
     assert route.shape is not None
-    general = _Builder(DEFAULT_FIELDS)
+    general = _Builder(WITH_ID)
     general.route(doc, route)
     general.scan(doc)
     assert flat(extract_records(doc, route)) == flat(general.records())

@@ -56,7 +56,7 @@ DEFAULT_PHONE_FIELDS = (
     "whatsapp", "contact_phone",
 )  # fmt: skip
 DEFAULT_TEXT_FIELDS = ("notes", "note", "comment", "comments", "remarks", "message")
-DEFAULT_CUSTOMER_ID_FIELDS = ("customer_id", "id")
+DEFAULT_CUSTOMER_ID_FIELDS = ("customer_id",)
 
 KINDS = tuple(k.value for k in Kind)
 

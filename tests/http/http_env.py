@@ -76,6 +76,7 @@ def routes() -> RouteTable:
             Route.parse("GET", "/customers/{id}", "$.id", single),
             Route.parse("GET", "/customers", "$.customers[*].id", listed),
             Route.parse("GET", "/customers/by-phone/{phone}", "$.id", single),
+            Route.parse("GET", "/snapshot/customers/{id}", "$.id", single),
             Route.parse("GET", "/health", on_unparseable="pass"),
         ]
     )
