@@ -82,6 +82,30 @@ def restartable_pg(pg_server: PgServer) -> Iterator[EmbeddedPostgres]:
     _ensure_up(pg_server)
 
 
+@pytest.fixture(scope="module")
+def module_dsn(pg_server: PgServer) -> Iterator[str]:
+    """One database per test module: CREATE DATABASE costs ~0.5 s here, a schema ~0.07 s."""
+    name = f"mod_{secrets.token_hex(6)}"
+    dsn = pg_server.create_database(name)
+    yield dsn
+    _ensure_up(pg_server)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+async def schema_dsn(module_dsn: str) -> str:
+    """The DSN of a fresh, empty schema (as search_path) in the module's database."""
+    import asyncpg
+
+    schema = f"t_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(module_dsn)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    return f"{module_dsn}?search_path={schema}"
+
+
 # ============================================================================
 # (end of the PostgreSQL fixtures)
 # ============================================================================

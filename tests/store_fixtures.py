@@ -10,6 +10,7 @@ phone tokenizers.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -115,3 +116,20 @@ async def store_pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         pool.terminate()
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close a pool, terminating it if a stopped server keeps it waiting."""
+    try:
+        await asyncio.wait_for(pool.close(), 5)
+    except TimeoutError:
+        pool.terminate()
+
+
+@pytest.fixture(name="pool")
+async def migrated_pool(schema_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool (the project's connect_pool) on a fresh, migrated schema."""
+    pool = await connect_pool(schema_dsn, require_schema=False, max_size=12)
+    await migrate(pool)
+    yield pool
+    await close_pool(pool)

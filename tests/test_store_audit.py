@@ -6,13 +6,11 @@ import asyncio
 import hashlib
 import io
 import json
-import secrets
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import pytest
+from store_fixtures import close_pool, migrated_pool  # noqa: F401  (the pool fixture)
 from structlog.testing import capture_logs
 
 from proxy.errors import InvalidInputError
@@ -32,7 +30,6 @@ from proxy.store.audit import (
     verify,
 )
 from proxy.store.db import connect_pool
-from proxy.store.migrations import migrate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,38 +39,6 @@ pytestmark = pytest.mark.timeout(60)
 
 # One database per module, a fresh schema per test: CREATE DATABASE costs ~0.5 s here, a
 # schema and the migrations ~0.07 s. Each test still starts from an empty, migrated schema.
-
-
-@pytest.fixture(scope="module")
-def module_dsn(pg_server: Any) -> Iterator[str]:
-    name = f"audit_{secrets.token_hex(6)}"
-    dsn: str = pg_server.create_database(name)
-    yield dsn
-    pg_server.drop_database(name)
-
-
-@pytest.fixture
-async def schema_dsn(module_dsn: str) -> str:
-    """The DSN of a fresh schema (search_path) in the module's database."""
-    schema = f"t_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(module_dsn)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    return f"{module_dsn}?search_path={schema}"
-
-
-@pytest.fixture
-async def pool(schema_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    """A pool (the project's connect_pool) on a fresh, migrated schema."""
-    pool = await connect_pool(schema_dsn, require_schema=False, max_size=12)
-    await migrate(pool)
-    yield pool
-    try:
-        await asyncio.wait_for(pool.close(), 5)
-    except TimeoutError:
-        pool.terminate()
 
 
 @pytest.fixture

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from store_fixtures import close_pool, migrated_pool  # noqa: F401  (the pool fixture)
 
 from proxy.embedded_pg import EmbeddedPostgres
 from proxy.errors import InvalidInputError
@@ -19,7 +20,6 @@ from proxy.store import reveal as reveal_module
 from proxy.store.audit import AuditLog, verify
 from proxy.store.budget import BudgetLimits, BudgetUsage, charge, usage
 from proxy.store.db import connect_pool
-from proxy.store.migrations import migrate
 from proxy.store.reveal import authorize_reveals
 from proxy.store.tickets import TicketStore
 
@@ -28,43 +28,6 @@ pytestmark = pytest.mark.timeout(60)
 CUSTOMERS = [str(n) for n in range(1, 31)]
 
 # One database per module, a fresh schema per test (CREATE DATABASE costs ~0.5 s here).
-
-
-@pytest.fixture(scope="module")
-def module_dsn(pg_server: Any) -> Iterator[str]:
-    name = f"budget_{secrets.token_hex(6)}"
-    dsn: str = pg_server.create_database(name)
-    yield dsn
-    if isinstance(pg_server, EmbeddedPostgres):
-        pg_server.resume_server()
-        pg_server.start_server()
-    pg_server.drop_database(name)
-
-
-@pytest.fixture
-async def schema_dsn(module_dsn: str) -> str:
-    schema = f"t_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(module_dsn)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    return f"{module_dsn}?search_path={schema}"
-
-
-async def _close(pool: asyncpg.Pool) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), 5)
-    except TimeoutError:
-        pool.terminate()
-
-
-@pytest.fixture
-async def pool(schema_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await connect_pool(schema_dsn, require_schema=False, max_size=8)
-    await migrate(pool)
-    yield pool
-    await _close(pool)
 
 
 @pytest.fixture
@@ -316,7 +279,7 @@ async def test_concurrent_proxies_cannot_overspend(
             )
         )
     finally:
-        await _close(other_pool)
+        await close_pool(other_pool)
     allowed = [c for r in results for c, d in r.items() if d.allowed]
     assert len(allowed) == 5
     assert len(await rows(audit.pool, "reveal")) == 5

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from store_fixtures import close_pool, migrated_pool  # noqa: F401  (the pool fixture)
 
 from proxy.errors import InvalidInputError
 from proxy.policy.tickets import Decision, Reason, Ticket, TicketStatus
@@ -25,40 +25,6 @@ from proxy.store.tickets import TicketStore, UnknownTicketError, UpsertResult
 pytestmark = pytest.mark.timeout(60)
 
 # One database per module, a fresh schema per test (CREATE DATABASE costs ~0.5 s here).
-
-
-@pytest.fixture(scope="module")
-def module_dsn(pg_server: Any) -> Iterator[str]:
-    name = f"tickets_{secrets.token_hex(6)}"
-    dsn: str = pg_server.create_database(name)
-    yield dsn
-    pg_server.drop_database(name)
-
-
-@pytest.fixture
-async def schema_dsn(module_dsn: str) -> str:
-    schema = f"t_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(module_dsn)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    return f"{module_dsn}?search_path={schema}"
-
-
-async def _close(pool: asyncpg.Pool) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), 5)
-    except TimeoutError:
-        pool.terminate()
-
-
-@pytest.fixture
-async def pool(schema_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await connect_pool(schema_dsn, require_schema=False, max_size=6)
-    await migrate(pool)
-    yield pool
-    await _close(pool)
 
 
 @pytest.fixture
@@ -278,7 +244,7 @@ async def test_another_process_sees_a_close_through_notify(
 
             assert await eventually(b_allows, within=3.0) < 1.5
     finally:
-        await _close(other_pool)
+        await close_pool(other_pool)
 
 
 async def test_without_a_listener_the_ttl_bounds_staleness(pool: asyncpg.Pool) -> None:

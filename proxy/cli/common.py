@@ -53,15 +53,17 @@ class TokenProxyGroup(click.Group):
             raise CommandError(str(exc)) from exc
 
 
-def configure_logging(level: str) -> None:
-    """structlog (and stdlib logging) to stderr at ``level``: JSON unless stderr is a tty."""
+def configure_logging(level: str, fmt: str = "auto") -> None:
+    """structlog (and stdlib logging) to stderr at ``level``: ``fmt`` "json", "console", or
+    "auto" (console on a tty, JSON otherwise)."""
     import structlog  # here, not at the top: keeps `tokenproxy keys ...` quick to start
 
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s", force=True)
+    console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
-        if sys.stderr.isatty()
+        if console
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(

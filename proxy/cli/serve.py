@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from proxy.admin.runtime import Runtime, RuntimeOptions
-from proxy.cli.common import kek_file_option, run_async
+from proxy.cli.common import configure_logging, kek_file_option, run_async
 from proxy.config import load_config
 
 CONFIG_ENV = "TOKENPROXY_CONFIG"
-
-
-def configure_serve_logging(level: str, fmt: str) -> None:
-    """structlog (and stdlib logging) to stderr at ``level``, as JSON lines or for a console."""
-    import structlog
-
-    numeric = logging.getLevelNamesMapping()[level.upper()]
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s", force=True)
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if fmt == "console"
-        else structlog.processors.JSONRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
 
 
 @click.command("serve")
@@ -90,7 +63,7 @@ def serve(
         None,
     ):
         level = root.params.get("log_level") or level
-    configure_serve_logging(level, config.logging.format)
+    configure_logging(level, config.logging.format)
     options = RuntimeOptions(
         config_path=config_path,
         keys_dir=keys_dir,
