@@ -65,9 +65,12 @@ CHUNK = 10_000  # rows per INSERT statement when a long queue drains
 
 _log = structlog.get_logger("tokenproxy.store.registry")
 
+# Rows go in key order, the same in every proxy: two proxies flushing overlapping rows then
+# take their row locks in the same order and cannot deadlock.
 _INSERT = """
 INSERT INTO token_registry (kind, token, version, method)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[]) AS u(k, t, v, m)
+ORDER BY k COLLATE "C", t COLLATE "C", v
 ON CONFLICT DO NOTHING
 """
 
@@ -170,7 +173,7 @@ class PgTokenRegistry:
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, OrderedDict()
-            rows = list(batch.items())
+            rows = sorted(batch.items())  # key order across chunks too (see _INSERT)
             written = 0
             try:
                 for start in range(0, len(rows), CHUNK):

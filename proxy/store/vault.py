@@ -65,10 +65,13 @@ MAX_ROUNDS = 16  # insert rounds of redraws on token collisions before giving up
 
 _log = structlog.get_logger("tokenproxy.store.vault")
 
+# Rows go in (kind, version, mac) order, the same in every proxy, so that two proxies settling
+# the same new values take their locks in the same order and cannot deadlock.
 _INSERT = """
 INSERT INTO token_vault (kind, mac, version, token, sealed, canonical)
 SELECT k, m, v, t, s, $6 FROM unnest($1::text[], $2::bytea[], $3::int[], $4::text[], $5::bytea[])
     AS u(k, m, v, t, s)
+ORDER BY k COLLATE "C", v, m
 ON CONFLICT DO NOTHING
 RETURNING kind, version, mac, token
 """
@@ -209,7 +212,8 @@ class PgVault:
         async with self._lock:
             if not self._pending:
                 return set()
-            batch = list(self._pending.values())
+            # (kind, version, mac) order across chunks too (see _INSERT)
+            batch = sorted(self._pending.values(), key=lambda r: (r.kind, r.version, r.mac))
             lost: set[tuple[str, str]] = set()
             done = 0
             try:
