@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import proxy.policy.records as records_module
 from proxy.crypto.tokens import Kind
 from proxy.errors import InvalidInputError
 from proxy.policy.fields import DEFAULT_FIELDS, DefaultFields
-from proxy.policy.jsonpath import get_at
+from proxy.policy.jsonpath import compile_path, get_at
 from proxy.policy.records import (
     FieldValue,
     Record,
@@ -442,3 +443,114 @@ def test_a_thousand_record_body_extracts_in_a_few_milliseconds() -> None:
     # Generous: catches a quadratic slip, not a busy CI machine (the brief asks < 5 ms;
     # measured 2-4 ms on a slow 2-core VM).
     assert plain < 0.05 and routed < 0.05
+
+
+# -- lists of records of one key shape (_Builder.uniform, column by column) --------------
+
+
+def item_by_item(fn: Any) -> Any:
+    """``fn()`` with the column-wise path for uniform lists turned off: the reference."""
+    saved = records_module._UNIFORM_MIN
+    records_module._UNIFORM_MIN = 1 << 62
+    try:
+        return fn()
+    finally:
+        records_module._UNIFORM_MIN = saved
+
+
+UNIFORM_KEYS = [*KEYS, "full_name", "email", "Customer-ID"]
+plain_values = (
+    st.text(min_size=1, max_size=4) | st.just("") | st.none() | st.integers(-5, 10**6)
+    | st.booleans()
+)
+
+
+def uniform_list(values: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+    """Objects that share one key tuple (and so one plan): the column-wise path's input."""
+    return st.lists(st.sampled_from(UNIFORM_KEYS), unique=True, max_size=6).flatmap(
+        lambda keys: st.lists(
+            st.lists(values, min_size=len(keys), max_size=len(keys)), max_size=8
+        ).map(lambda rows: [dict(zip(keys, row, strict=True)) for row in rows])
+    )
+
+
+uniform_docs = st.one_of(
+    uniform_list(plain_values).map(lambda items: {"customers": items, "total": len(items)}),
+    uniform_list(plain_values | json_docs).map(lambda items: {"customers": items}),
+    # one item's keys in another order, or one item of another shape: not uniform
+    uniform_list(plain_values).map(
+        lambda items: {"customers": [*items, dict(reversed(items[0].items()))] if items else []}
+    ),
+    uniform_list(plain_values).map(lambda items: {"customers": [*items, {"name": "odd"}]}),
+    # a uniform list nested in a list and beside other records
+    st.tuples(uniform_list(plain_values), json_docs).map(
+        lambda t: {"data": [{"name": "a", "id": 1}, {"customers": t[0]}, t[1]]}
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(uniform_docs, st.sampled_from([None, LIST_ROUTE, ODD_ROUTE, ONE_ROUTE]),
+       st.sampled_from([WITH_ID, DEFAULT_FIELDS]))
+def test_uniform_lists_give_exactly_what_the_item_by_item_walk_gives(
+    doc: Any, route: Route | None, rule: DefaultFields
+) -> None:
+    expected = item_by_item(lambda: extract_with(doc, route, rule))
+    # the same records, fields and order, and the same types (lists, FieldValue, Record)
+    got = extract_with(doc, route, rule)
+    assert got == expected
+    assert [type(r) for r in got] == [type(r) for r in expected]
+    assert all(type(r.fields) is list for r in got)
+    assert [type(f) for r in got for f in r.fields] == [
+        type(f) for r in expected for f in r.fields
+    ]
+
+
+def test_a_uniform_list_keeps_nulls_empties_and_odd_values_as_the_walk_does() -> None:
+    class Text(str):
+        pass
+
+    items = [
+        {"id": 1, "full_name": "Budi", "phone": "", "notes": None},
+        {"id": 2, "full_name": "", "phone": None, "notes": ""},  # nothing to protect
+        {"id": 3, "full_name": "Siti", "phone": "62812", "notes": "hi"},
+    ]
+    for doc in (
+        {"customers": items},
+        {"customers": [*items, {"id": 4, "full_name": Text("Ani"), "phone": "1", "notes": "n"}]},
+        {"customers": [*items, {"id": 4, "full_name": "Ani", "phone": 62812, "notes": "n"}]},
+        {"customers": [*items, {"id": 4, "full_name": "Ani", "phone": "1", "notes": ["a"]}]},
+        {"customers": [*items, {"id": True, "full_name": "Ani", "phone": "1", "notes": "n"}]},
+    ):
+        for route in (None, LIST_ROUTE):
+            expected = item_by_item(lambda: extract_records(doc, route))  # noqa: B023
+            assert extract_records(doc, route) == expected
+    out = extract_records({"customers": items})
+    assert [(r.customer_id, [f.value for f in r.fields]) for r in out] == [
+        ("1", ["Budi"]), ("3", ["Siti", "62812", "hi"])
+    ]
+
+
+def test_records_a_route_pairs_the_general_way_keep_the_routes_order() -> None:
+    # route() makes the groups of the values it skips (empty, here) before the scan runs:
+    # the records of a list then come in that order, not the list's
+    route = Route.parse(
+        "GET", "/c", "$.customers[*].id",
+        [("$..customers[2].x", "name"), ("$.customers[*].x", "name")],
+    )
+    assert route.shape is None
+    doc = {"customers": [{"id": i, "x": "", "name": f"n{i}"} for i in range(4)]}
+    expected = item_by_item(lambda: extract_records(doc, route))
+    assert extract_records(doc, route) == expected
+    assert [r.customer_id for r in expected] == ["2", "0", "1", "3"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(uniform_docs | record_docs | json_docs,
+       st.sampled_from(["$.customers[*]", "$.data[*]", "$[*]", "$.customers", "$",
+                        "$..customers[*]", "$.data[1].customers[*]", "$.data[*].customers[*]"]))
+def test_record_locations_are_the_objects_the_records_path_finds(doc: Any, text: str) -> None:
+    path = compile_path(text)
+    expected = {loc: None for loc, node in path.find(doc) if isinstance(node, dict)}
+    got = records_module._record_locations(path, doc)
+    assert list(got) == list(expected)

@@ -41,14 +41,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import compress, repeat
 from operator import itemgetter
 from typing import Any, Literal, NamedTuple
 
 from proxy.crypto.tokens import Kind
 from proxy.errors import InvalidInputError
 from proxy.policy.fields import DEFAULT_FIELDS, DefaultFields, ObjectPlan
-from proxy.policy.jsonpath import JsonPath, Location
+from proxy.policy.jsonpath import KEY, WILD, JsonPath, Location
 from proxy.policy.routes import RecordShape, Route
 from proxy.policy.tickets import customer_key, is_customer_key
 
@@ -67,6 +68,12 @@ _INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)\Z")
 _FLOAT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _PLANNED_KEYS = 64  # objects up to this many keys are scanned by a cached plan
 _CONTAINERS = (dict, list)  # a tuple: isinstance on it is twice as fast as on dict | list
+_UNIFORM_MIN = 2  # lists of at least this many objects try the column-wise path (_Builder.uniform)
+_DICT_ONLY = frozenset((dict,))
+_INT_ONLY = frozenset((int,))
+_NONE_TYPE = type(None)
+_PLAIN_STRINGS = frozenset((str, _NONE_TYPE))  # a protected column the column-wise path takes
+_SCALARS = frozenset((str, int, float, bool, _NONE_TYPE))  # JSON leaves: nothing to walk into
 
 
 class FieldValue(NamedTuple):
@@ -95,6 +102,10 @@ class Record(NamedTuple):
 _field: Callable[[type[FieldValue], tuple[Any, ...]], FieldValue] = (
     tuple.__new__
 )
+_first = itemgetter(0)
+_second = itemgetter(1)
+_third = itemgetter(2)
+_BATCH = object()  # the customer id slot of a group that holds a uniform list's Records
 
 
 def customer_id_of(value: object) -> str | None:
@@ -145,7 +156,7 @@ def extract_records(
     shape = route.shape
     if shape is not None:
         # The records are the objects the route's prefix matches: one pass does both rules.
-        overlay = {loc: None for loc, node in shape.records.find(doc) if isinstance(node, dict)}
+        overlay = _record_locations(shape.records, doc)
         builder = _Builder(defaults, shape, overlay)
         builder.scan(doc)
         if builder.overlaid == len(overlay):
@@ -158,9 +169,32 @@ def extract_records(
     return builder.records()
 
 
+def _record_locations(path: JsonPath, doc: Any) -> dict[Location, None]:
+    """``{loc: None for loc, node in path.find(doc) if isinstance(node, dict)}``.
+
+    At C speed for the common records path, keys then one ``[*]`` (``$.customers[*]``)
+    reaching a list: the locations are ``loc + (i,)`` for the items that are objects.
+    """
+    steps = path.steps
+    if steps and steps[-1][0] == WILD and all(op == KEY for op, _ in steps[:-1]):
+        node = doc
+        for _, key in steps[:-1]:
+            if not (isinstance(node, dict) and key in node):
+                return {}
+            node = node[key]
+        if isinstance(node, list):
+            prefix = [repeat(key) for _, key in steps[:-1]]
+            locs = zip(*prefix, range(len(node)), strict=False)  # loc + (i,) for each item
+            return dict.fromkeys(compress(locs, map(isinstance, node, repeat(dict))))
+    found = path.find(doc)
+    is_object = map(isinstance, map(_second, found), repeat(dict))
+    return dict.fromkeys(compress(map(_first, found), is_object))
+
+
 # Hot loops below: locations are built with ``loc + (key,)`` (twice as fast as
 # ``(*loc, key)`` in CPython 3.11, hence the RUF005 exemption at the top), FieldValues with
-# ``_field``, and the common cases inline. On a 1,000-record list these loops are the cost.
+# ``_field``, and the common cases inline. A list of objects of one key shape (a page of
+# records, the big bodies) skips them: _Builder.uniform does it column by column in C loops.
 
 
 class _OverlayPlan(NamedTuple):
@@ -173,6 +207,7 @@ class _OverlayPlan(NamedTuple):
 
 class _Builder:
     __slots__ = (
+        "batched",
         "classify",
         "covered",
         "defaults",
@@ -180,6 +215,7 @@ class _Builder:
         "overlaid",
         "overlay",
         "overlay_plans",
+        "routed",
         "shape",
     )
 
@@ -192,7 +228,11 @@ class _Builder:
         self.defaults = defaults
         self.classify = defaults.classify
         self.covered: set[Location] = set()  # leaves route() took (the general way)
-        self.groups: dict[tuple[Location, str | None], list[FieldValue]] = {}
+        # (anchor, customer id) -> the record's fields; (list location, _BATCH) -> the made
+        # Records of a list uniform() took whole (they are new records, in item order)
+        self.groups: dict[tuple[Location, object], list[Any]] = {}
+        self.batched = False
+        self.routed = False  # route() ran: its groups come first, uniform() must not run
         self.shape = shape
         self.overlay = overlay or {}
         self.overlay_plans: dict[tuple[str, ...], _OverlayPlan] = {}
@@ -205,8 +245,19 @@ class _Builder:
         return out
 
     def records(self) -> list[Record]:
-        new = tuple.__new__
-        return [new(Record, (cid, fields)) for (_, cid), fields in self.groups.items() if fields]
+        groups = self.groups
+        new = tuple.__new__  # map(new, repeat(T), tuples): T(*tuple) for each, at C speed
+        if not self.batched:
+            # [Record(cid, fields) for (_, cid), fields in groups.items() if fields], in C
+            made = map(new, repeat(Record), zip(map(_second, groups), groups.values(), strict=True))
+            return list(filter(_second, made))
+        out: list[Record] = []
+        for (_, cid), fields in groups.items():
+            if cid is _BATCH:
+                out += fields
+            elif fields:
+                out.append(new(Record, (cid, fields)))
+        return out
 
     def overlay_plan(self, keys: tuple[str, ...]) -> _OverlayPlan:
         assert self.shape is not None
@@ -233,6 +284,7 @@ class _Builder:
         overlay_get = self.overlay_plans.get
         covered = self.covered
         groups = self.groups
+        routed = self.routed
         containers = _CONTAINERS
         stack: list[tuple[Location, Any]] = [((), doc)]
         while stack:
@@ -294,6 +346,8 @@ class _Builder:
                 if children is not None:
                     stack.extend(reversed(children))
             elif isinstance(node, list):
+                if len(node) >= _UNIFORM_MIN and not routed and self.uniform(loc, node):
+                    continue
                 items = [
                     (loc + (i,), value)
                     for i, value in enumerate(node)
@@ -301,6 +355,102 @@ class _Builder:
                 ]
                 items.reverse()
                 stack.extend(items)
+
+    def uniform(self, loc: Location, items: list[Any]) -> bool:
+        """A list of objects of one key shape (a page of records), column by column.
+
+        What :meth:`scan` does with each item, with the per-item work done a column at a
+        time by C loops (``map``, ``zip``, ``set``): a thousand records cost a few dozen
+        bytecodes, not a thousand loop turns. Only for the plain case, checked before
+        anything is recorded: every item a dict with the same keys (at most
+        ``_PLANNED_KEYS``; in the same order where the order matters), every item a
+        RecordShape record or none, no container under an unprotected key (so there is
+        nothing to descend into, and document order is item order), every protected value
+        a string or null, and a record's route and default customer ids the same. Anything
+        else returns False having done nothing, and the caller walks the list the general
+        way. Must not run after route(): each
+        item's group is assumed new (route() may have made one earlier, for a value it
+        skipped, and that group's place in the order is the record's).
+        """
+        if set(map(type, items)) != _DICT_ONLY:
+            return False
+        keys = tuple(items[0])
+        width = len(keys)
+        if width > _PLANNED_KEYS or set(map(len, items)) != {width}:
+            return False
+        n = len(items)
+        prefix = [repeat(step) for step in loc]  # zip(*prefix, range(n)): loc + (i,) for each i
+        overlay = self.overlay
+        route_fields: tuple[tuple[str, Kind], ...] = ()
+        route_id_key: str | None = None
+        record = False
+        if overlay:
+            hits = sum(map(overlay.__contains__, zip(*prefix, range(n), strict=False)))
+            if hits == n:
+                record = True
+                oplan = self.overlay_plans.get(keys) or self.overlay_plan(keys)
+                plan = oplan.plan
+                route_fields, route_id_key = oplan.route_fields, oplan.route_id_key
+            elif hits:
+                return False
+        if not record:
+            plan = self.defaults.plans.get(keys) or self.defaults.plan(keys)
+        # Every item has the keys of the first, in the same order. The order only matters
+        # for the order of the default rule's fields and for a tie between two id keys of
+        # one rank; without either, the same keys do (equal lengths, and no KeyError below).
+        if (len(plan.protected) > 1 or self.id_tie(keys, plan.id_key)) and not all(
+            map(keys.__eq__, map(tuple, items))
+        ):
+            return False
+        columns: list[tuple[str, Kind, list[Any]]] = []
+        holes = False  # an empty string or a null somewhere: values to leave out
+        try:
+            for key in plan.others:
+                if not _SCALARS.issuperset(map(type, map(itemgetter(key), items))):
+                    return False
+            for key, kind in route_fields + plan.protected:
+                column = list(map(itemgetter(key), items))
+                types = set(map(type, column))
+                if not types <= _PLAIN_STRINGS:
+                    return False
+                holes = holes or _NONE_TYPE in types or "" in column
+                columns.append((key, kind, column))
+        except KeyError:  # an item without one of the keys: another shape
+            return False
+        if plan.protected:
+            cids = _customer_ids(items, plan.id_key)
+            if record and _customer_ids(items, route_id_key) != cids:
+                return False
+        elif record:
+            cids = _customer_ids(items, route_id_key)
+        if record:
+            self.overlaid += n
+        if not columns:
+            return True
+        new = tuple.__new__  # map(new, repeat(T), tuples): T(*tuple) for each, at C speed
+        made = [
+            map(new, repeat(FieldValue), zip(
+                zip(*prefix, range(n), repeat(key), strict=False),
+                repeat(kind), column, repeat("string"), strict=False,
+            ))
+            for key, kind, column in columns
+        ]
+        rows: Iterable[list[FieldValue]] = map(list, zip(*made, strict=True))
+        if holes:
+            rows = [row if all(map(_third, row)) else [f for f in row if f[2]] for row in rows]
+        records = map(new, repeat(Record), zip(cids, rows, strict=True))
+        # each item is its own record: a new group, after whatever came before the list
+        self.groups[(loc, _BATCH)] = list(filter(_second, records) if holes else records)
+        self.batched = True
+        return True
+
+    def id_tie(self, keys: tuple[str, ...], id_key: str | None) -> bool:
+        """Whether another of ``keys`` has ``id_key``'s rank (the first in order wins)."""
+        if id_key is None:
+            return False
+        classify = self.classify
+        rank = classify(id_key)[1]
+        return sum(classify(key)[1] == rank for key in keys) > 1
 
     def scan_keys(self, loc: Location, node: dict[str, Any]) -> list[tuple[Location, Any]]:
         """The default rule over one object, key by key; returns the children to walk."""
@@ -327,6 +477,7 @@ class _Builder:
 
     def route(self, doc: Any, route: Route) -> None:
         """The general way: the route's fields, each paired with its record's customer id."""
+        self.routed = True
         ids = _IdIndex(route.customer_id, doc)
         covered = self.covered
         for rule in route.fields:
@@ -453,6 +604,16 @@ class _IdIndex:
                     return [scope, found, None]
                 return [scope, None, None]  # several ids in one object: ambiguous
         return [loc[:-1], None, None]
+
+
+def _customer_ids(items: list[dict[str, Any]], key: str | None) -> list[str | None]:
+    """``customer_id_of(item[key])`` for each item (None for each without an id key)."""
+    if key is None:
+        return [None] * len(items)
+    column = list(map(itemgetter(key), items))
+    if set(map(type, column)) == _INT_ONLY:
+        return list(map(str, column))
+    return list(map(customer_id_of, column))
 
 
 def _no_id(loc: Location) -> Slot:
