@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.crypto.aes import BlockCipher
-from proxy.crypto.ff1 import FF1, MIN_DOMAIN, AlphabetFF1
+from proxy.crypto.ff1 import FF1, MIN_DOMAIN, AlphabetFF1, run_lanes
 from proxy.errors import DomainTooSmallError, InvalidInputError
 
 VECTORS_FILE = Path(__file__).resolve().parents[2] / "shared" / "fpe-vectors.json"
@@ -146,3 +146,42 @@ def test_the_integer_interface_is_a_permutation_of_the_domain(
     assert len(set(enc)) == len(set(values))
     assert ff1.decrypt_ints(enc, bits, b"t") == values
     assert [ff1.encrypt_int(v, bits, b"t") for v in values] == enc
+
+
+@settings(max_examples=100, deadline=None)
+@given(KEYS, st.data())
+def test_lanes_of_mixed_geometries_agree_with_the_batch_call(
+    key: bytes, data: st.DataObject
+) -> None:
+    geometries = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([2, 10, 26, 52, 11172]),
+                st.integers(6, 40),
+                st.binary(max_size=12),
+            ),
+            min_size=1,
+            max_size=5,
+        )
+    )
+    ciphers = {radix: FF1(key, radix) for radix, _, _ in geometries}
+    jobs, expected = [], []
+    for radix, n, tweak in geometries:
+        ff1 = ciphers[radix]
+        n = max(n, next(m for m in range(2, 64) if radix**m >= MIN_DOMAIN))
+        lane = ff1.lane(tweak, n)
+        if lane is None:
+            continue
+        xs = data.draw(st.lists(st.integers(0, ff1.domain(n) - 1), min_size=0, max_size=6))
+        jobs.append((lane, xs))
+        expected.append(ff1.encrypt_ints(xs, n, tweak))
+        if xs:
+            assert ff1.crypt_lane(lane, xs[0], decrypt=False) == expected[-1][0]
+    if not jobs:
+        return
+    aes = next(iter(ciphers.values())).block_encrypt
+    out = run_lanes(aes, jobs, decrypt=False)
+    assert out == expected
+    back = run_lanes(aes, [(lane, ys) for (lane, _), ys in zip(jobs, out, strict=True)],
+                     decrypt=True)
+    assert back == [xs for _, xs in jobs]

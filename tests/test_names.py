@@ -129,6 +129,30 @@ def test_tokenize_many_batches_values_of_one_shape() -> None:
     assert NAMES.detokenize_many([t.token for t in batch], KEY, v) == values
 
 
+def test_tokenize_many_across_many_shapes_equals_tokenize() -> None:
+    # every shape (case pattern, length, script, kept characters) runs through FF1 in one
+    # lock-step batch: short and long halves (S of 8 and 12 bytes), cycle-walking shapes,
+    # halves too wide for the batch (long names), vault-sized and letterless values
+    rnd = random.Random(11)
+    first = ["Budi", "SITI", "josé", "Zoë", "Hiroshi", "O'Neil", "Иван", "王小明", "김민준"]
+    last = ["Santoso", "García", "Müller", "Nguyễn", "Ελένη", "ทักษิณ", "de la Cruz"]
+    values = [f"{rnd.choice(first)} {rnd.choice(last)}" for _ in range(300)]
+    values += ["".join(rnd.choice(string.ascii_letters) for _ in range(n)) for n in range(1, 60)]
+    values += ["José Müller-" + "ab" * n for n in range(12)]
+    values += ["", " ", "42", "Li", "Budi", "王" * 30, "é" * 25]
+    values += [unicodedata.normalize("NFD", "José"), unicodedata.normalize("NFD", "Zoë Nguyễn")]
+    rnd.shuffle(values)
+    v = vault()
+    batch = NAMES.tokenize_many(values, KEY, v)
+    assert batch == [NAMES.tokenize(x, KEY, v) for x in values]
+    for value, out in zip(values, batch, strict=True):
+        check_format(value, out.token)
+    tokens = [t.token for t in batch]
+    assert NAMES.detokenize_many(tokens, KEY, v) == values
+    assert [NAMES.detokenize(t, KEY, v) for t in tokens] == values
+    assert NAMES.tokenize_many(values, KEY2, v) == [NAMES.tokenize(x, KEY2, v) for x in values]
+
+
 # -- what the tokens look like ---------------------------------------------------------------
 
 GOLDEN = {
