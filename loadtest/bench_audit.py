@@ -25,21 +25,14 @@ grow much past one writer's, by design; the plain INSERT scales with the writers
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg
-import structlog
+from report import Result, main_on_database
 
 from proxy.policy.tickets import Ticket
 from proxy.store.audit import AuditAction, AuditEntry, AuditLog
@@ -50,21 +43,6 @@ from proxy.store.reveal import authorize_reveals
 from proxy.store.tickets import TicketStore
 
 WRITERS = (1, 8)
-
-
-@dataclass
-class Result:
-    """One line of the table (the same attributes as bench_store.Result)."""
-
-    scenario: str
-    ops: float
-    baseline: str
-    baseline_ops: float
-    unit: str = "rows/s"
-
-    @property
-    def ratio(self) -> float:
-        return self.ops / self.baseline_ops if self.baseline_ops else float("nan")
 
 
 def _entry(n: int) -> AuditEntry:
@@ -213,39 +191,9 @@ async def bench_audit(dsn: str, seconds: float = 2.0) -> list[Result]:
     return results
 
 
-def table(results: list[Result]) -> str:
-    head = f"{'scenario':<38} {'rate':>10} {'baseline':<22} {'baseline rate':>14} {'ratio':>7}"
-    lines = [head, "-" * len(head)]
-    for r in results:
-        lines.append(
-            f"{r.scenario:<38} {r.ops:>10,.0f} {r.baseline:<22} {r.baseline_ops:>14,.0f} "
-            f"{r.ratio:>6.2f}x"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL"))
-    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
-    args = parser.parse_args(argv)
-    # Per-reveal info lines on stdout would be measured too.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    started = time.perf_counter()
-    if args.dsn:
-        results = asyncio.run(bench_audit(args.dsn, args.seconds))
-        where = "DATABASE_URL"
-    else:
-        from proxy.embedded_pg import EmbeddedPostgres
-
-        with EmbeddedPostgres() as pg:
-            dsn = pg.create_database("bench_audit")
-            where = f"EmbeddedPostgres (PostgreSQL {pg.binaries.version}, fsync off)"
-            results = asyncio.run(bench_audit(dsn, args.seconds))
-    print(f"tokenproxy audit benchmark on {where}, {args.seconds:g} s per measurement")
-    print(table(results))
-    print(f"total {time.perf_counter() - started:.1f} s")
-    return 0
+    description = (__doc__ or "").split("\n", 1)[0]
+    return main_on_database(description, "audit", bench_audit, seconds=2.0, argv=argv)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,6 @@ The numbers are per process, one asyncio loop, one connection at a time.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
 import random
 import sys
 import time
@@ -31,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
+from report import Result, main_on_database
 
 from proxy.crypto.tokens import IssuedToken, Method
 from proxy.store.db import connect_pool
@@ -39,20 +37,6 @@ from proxy.store.registry import PgTokenRegistry
 
 KIND = "phone"
 PRELOAD = 50_000  # registry rows present before the read scenarios
-
-
-@dataclass
-class Result:
-    """One line of the table: ``ops`` per second against ``baseline_ops`` per second."""
-
-    scenario: str
-    ops: float
-    baseline: str
-    baseline_ops: float
-
-    @property
-    def ratio(self) -> float:
-        return self.ops / self.baseline_ops if self.baseline_ops else float("nan")
 
 
 @dataclass
@@ -256,39 +240,16 @@ async def run(dsn: str, seconds: float) -> list[Result]:
     return results
 
 
-def table(results: list[Result]) -> str:
-    """The results as a fixed-width table."""
-    head = f"{'scenario':<32} {'rate':>12}  {'baseline':<20} {'baseline rate':>14} {'ratio':>7}"
-    lines = [head, "-" * len(head)]
-    for r in results:
-        lines.append(
-            f"{r.scenario:<32} {r.ops:>12,.0f}  {r.baseline:<20} {r.baseline_ops:>14,.0f} "
-            f"{r.ratio:>6.2f}x"
-        )
-    return "\n".join(lines)
+async def run_all(dsn: str, seconds: float) -> list[Result]:
+    """The registry scenarios, then the audit scenarios of bench_audit.py."""
+    from bench_audit import bench_audit
+
+    return await run(dsn, seconds) + await bench_audit(dsn, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL"))
-    parser.add_argument("--seconds", type=float, default=1.5, help="per measurement")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    if args.dsn:
-        results = asyncio.run(run(args.dsn, args.seconds))
-        where = "DATABASE_URL"
-    else:
-        from proxy.embedded_pg import EmbeddedPostgres
-
-        with EmbeddedPostgres() as pg:
-            dsn = pg.create_database("bench_store")
-            where = f"EmbeddedPostgres (PostgreSQL {pg.binaries.version}, fsync off)"
-            results = asyncio.run(run(dsn, args.seconds))
-    print(f"tokenproxy store benchmark on {where}, {args.seconds:g} s per measurement")
-    print(table(results))
-    print("rates: tokens (resolve) or rows (write) per second; ratio = rate / baseline rate")
-    print(f"total {time.perf_counter() - started:.1f} s")
-    return 0
+    description = (__doc__ or "").split("\n", 1)[0]
+    return main_on_database(description, "store", run_all, seconds=1.5, argv=argv)
 
 
 if __name__ == "__main__":
