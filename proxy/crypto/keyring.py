@@ -104,7 +104,7 @@ class Keyring:
     def _by_version(self) -> dict[int, DataKey]:
         return {k.version: k for k in self.keys}
 
-    @property
+    @cached_property
     def active(self) -> DataKey:
         """The key that makes new tokens."""
         return next(k for k in self.keys if k.state is KeyState.ACTIVE)
