@@ -76,11 +76,9 @@ from proxy.store.db import (
     describe_dsn,
     is_unavailable,
 )
-from proxy.store.durable import Store, StoreHealth, open_store
+from proxy.store.durable import Store, open_store
 from proxy.store.migrations import check_schema, migrate
-from proxy.store.registry import PgTokenRegistry
 from proxy.store.tickets import TicketStore
-from proxy.store.vault import PgVault
 
 __all__ = [
     "RELOADABLE",
@@ -803,11 +801,9 @@ async def _degraded_store(
         timeout=connect_timeout,
         command_timeout=DEFAULT_TIMEOUT,
     )
-    registry = PgTokenRegistry(pool, where=where)
-    vault = PgVault(pool, where=where)
-    health = StoreHealth(pool, registry, vault, where=where)
-    health.report_failure(exc)
-    return Store(pool, registry, vault, health, where)
+    store = Store.over(pool, where)
+    store.health.report_failure(exc)
+    return store
 
 
 async def _listen(

@@ -342,6 +342,23 @@ class Store:
     migration: MigrationReport | None = None
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    @classmethod
+    def over(
+        cls,
+        pool: asyncpg.Pool,
+        where: str,
+        *,
+        on_lost: LostHook | None = None,
+        migration: MigrationReport | None = None,
+        registry_options: dict[str, Any] | None = None,
+        vault_options: dict[str, Any] | None = None,
+    ) -> Store:
+        """The registry, vault and health of a pool (the health loop not started)."""
+        registry = PgTokenRegistry(pool, where=where, **(registry_options or {}))
+        vault = PgVault(pool, where=where, **(vault_options or {}))
+        health = StoreHealth(pool, registry, vault, on_lost=on_lost, where=where)
+        return cls(pool, registry, vault, health, where, migration)
+
     def start(self) -> None:
         """Start the health loop (idempotent)."""
         if self._task is None or self._task.done():
@@ -456,10 +473,14 @@ async def open_store(
     except BaseException:
         pool.terminate()
         raise
-    registry = PgTokenRegistry(pool, where=where, **(registry_options or {}))
-    vault = PgVault(pool, where=where, **(vault_options or {}))
-    health = StoreHealth(pool, registry, vault, on_lost=on_lost, where=where)
-    store = Store(pool, registry, vault, health, where, report)
+    store = Store.over(
+        pool,
+        where,
+        on_lost=on_lost,
+        migration=report,
+        registry_options=registry_options,
+        vault_options=vault_options,
+    )
     if start:
         store.start()
     return store
