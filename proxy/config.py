@@ -201,11 +201,14 @@ class PgTable:
 
 @dataclass(frozen=True, slots=True)
 class PgConfig:
+    enabled: bool = False  # the PostgreSQL listener runs
     listen: str = "127.0.0.1:6432"
     upstream: str = "127.0.0.1:5432"
     upstream_tls: bool = False
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    catalog_user: str = "tokenproxy"  # reads the upstream's catalog (pg_class, views...)
+    catalog_password_env: str = "TOKENPROXY_PG_CATALOG_PASSWORD"  # noqa: S105  (a name)
     tables: tuple[PgTable, ...] = ()
 
 
@@ -1298,6 +1301,7 @@ def _admin(t: _Table) -> AdminConfig:
 
 def _pg(t: _Table) -> PgConfig:
     d = PgConfig()
+    enabled = t.boolean("enabled", d.enabled)
     listen = t.string("listen", d.listen, _check_listen)
     upstream = t.string("upstream", d.upstream,
                         lambda v: _check_address(v, "the upstream address"))
@@ -1305,6 +1309,8 @@ def _pg(t: _Table) -> PgConfig:
     cert = t.string("tls_cert_file", d.tls_cert_file)
     key = t.string("tls_key_file", d.tls_key_file)
     _tls_pair(t, cert, key)
+    catalog_user = t.string("catalog_user", d.catalog_user, _check_column)
+    catalog_password_env = t.env_name("catalog_password_env", d.catalog_password_env)
     tables: list[PgTable] = []
     seen: dict[str, int] = {}
     for tt in t.tables("tables", "[[pg.tables]]"):
@@ -1351,7 +1357,10 @@ def _pg(t: _Table) -> PgConfig:
         seen[name] = tt.chk.line(tt.path)
         tables.append(PgTable(name, customer_id, MappingProxyType(columns)))
     t.finish()
-    return PgConfig(listen, upstream, upstream_tls, cert, key, tuple(tables))
+    return PgConfig(
+        enabled, listen, upstream, upstream_tls, cert, key, catalog_user,
+        catalog_password_env, tuple(tables),
+    )
 
 
 def _logging(t: _Table) -> LoggingConfig:

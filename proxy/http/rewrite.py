@@ -11,7 +11,7 @@ Reveals are asked only when the request cites a ticket and has a verified agent;
 customer with a record in the body is asked about (so a denial lists who was not shown),
 and exactly the ``allowed`` ones are left in clear. A record without a customer id, and
 every record of a customer not allowed, is tokenized. Tokens come only from
-:func:`proxy.store.durable.tokenize_durably` (notes: :func:`proxy.http.freetext.tokenize_notes`,
+:func:`proxy.store.durable.tokenize_durably` (notes: :func:`proxy.store.freetext.tokenize_notes`,
 with their record's names), through :class:`SettledTokens`, so every token in the body is
 recorded (or queued, when the database is away) before the body leaves, and a vault race
 lost to another proxy is settled first.
@@ -57,7 +57,6 @@ import structlog
 from proxy.crypto.engine import AmbiguousTokenError, TokenEngine, UnresolvableTokenError
 from proxy.crypto.tokens import Kind, Method
 from proxy.errors import InvalidInputError, TokenProxyError
-from proxy.http.freetext import resolve_note, tokenize_notes
 from proxy.policy.fields import DefaultFields
 from proxy.policy.records import FieldValue, Record, extract_records, json_value
 from proxy.policy.routes import Route
@@ -67,6 +66,7 @@ from proxy.store.audit import AuditLog
 from proxy.store.budget import BudgetLimits
 from proxy.store.db import DatabaseUnavailableError
 from proxy.store.durable import Store, prefetch_tokens, tokenize_durably
+from proxy.store.freetext import resolve_note, tokenize_notes
 from proxy.store.reveal import DEFAULT_LIMITS, authorize_reveals
 from proxy.store.tickets import TicketStore
 
