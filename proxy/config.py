@@ -205,6 +205,7 @@ class PgConfig:
     listen: str = "127.0.0.1:6432"
     upstream: str = "127.0.0.1:5432"
     upstream_tls: bool = False
+    upstream_ca_file: str = ""  # verify the upstream's certificate against this CA
     tls_cert_file: str = ""
     tls_key_file: str = ""
     catalog_user: str = "tokenproxy"  # reads the upstream's catalog (pg_class, views...)
@@ -1306,6 +1307,7 @@ def _pg(t: _Table) -> PgConfig:
     upstream = t.string("upstream", d.upstream,
                         lambda v: _check_address(v, "the upstream address"))
     upstream_tls = t.boolean("upstream_tls", d.upstream_tls)
+    upstream_ca = t.string("upstream_ca_file", d.upstream_ca_file)
     cert = t.string("tls_cert_file", d.tls_cert_file)
     key = t.string("tls_key_file", d.tls_key_file)
     _tls_pair(t, cert, key)
@@ -1358,7 +1360,7 @@ def _pg(t: _Table) -> PgConfig:
         tables.append(PgTable(name, customer_id, MappingProxyType(columns)))
     t.finish()
     return PgConfig(
-        enabled, listen, upstream, upstream_tls, cert, key, catalog_user,
+        enabled, listen, upstream, upstream_tls, upstream_ca, cert, key, catalog_user,
         catalog_password_env, tuple(tables),
     )
 

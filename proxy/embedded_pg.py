@@ -31,6 +31,11 @@ copied (hard-linked where the file is already world-readable) into ``pginstall/`
 The server listens on 127.0.0.1 only, on a free port, with *trust* authentication for the
 superuser ``postgres``: any local user can connect. Fit for tests and a demo, nothing else.
 
+Options for tests of authentication and TLS: ``hba=[...]`` lines go into ``pg_hba.conf``
+after the superuser's trust lines (which `psql` and `create_database` need), in place of
+initdb's defaults; ``tls_files=(cert, key)`` copies a PEM certificate and key into the data
+directory (mode 0600, owned by the user the server runs as) and turns ``ssl`` on.
+
 Cleanup: `EmbeddedPostgres.stop` (also on context exit), an atexit handler, and a watchdog
 process that holds a pipe from the creating process; when that process dies, even by
 SIGKILL, the watchdog sees end-of-file, stops the server and removes the directory.
@@ -53,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -459,6 +465,8 @@ class EmbeddedPostgres:
         binaries: PgBinaries | None = None,
         settings: dict[str, str] | None = None,
         start_timeout: float = 30.0,
+        hba: Sequence[str] | None = None,
+        tls_files: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     ) -> None:
         self._requested_port = port
         self._durable = durable
@@ -466,6 +474,8 @@ class EmbeddedPostgres:
         self._binaries = binaries
         self._settings = dict(settings or {})
         self._start_timeout = start_timeout
+        self._hba = None if hba is None else list(hba)
+        self._tls_files = tls_files
         self._runas = _RunAs()
         self._top: Path | None = None
         self._port: int | None = None
@@ -754,7 +764,39 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(
                 f"initdb failed (exit {done.returncode})\n{_tail(self.log_path)}"
             )
+        if self._hba is not None:
+            self._write_hba(self._hba)
+        if self._tls_files is not None:
+            self._install_tls(*self._tls_files)
         self._initialized = True
+
+    def _write_hba(self, lines: list[str]) -> None:
+        """Replace pg_hba.conf: the superuser's trust lines first, then *lines*."""
+        for line in lines:
+            if "\n" in line or "\r" in line:
+                raise EmbeddedPostgresError("a pg_hba.conf line cannot hold a line break")
+        head = [
+            f"local all {SUPERUSER} trust",
+            f"host all {SUPERUSER} 127.0.0.1/32 trust",
+        ]
+        path = self.data_dir / "pg_hba.conf"
+        path.write_text("\n".join([*head, *lines, ""]))
+        self._runas.chown(path)
+        path.chmod(0o600)
+
+    def _install_tls(self, cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
+        """Copy the certificate and key where the server can read them; ``ssl=on``."""
+        for source, name in ((cert, "server.crt"), (key, "server.key")):
+            dest = self.data_dir / name
+            shutil.copyfile(source, dest)
+            self._runas.chown(dest)
+            dest.chmod(0o600)
+        self._settings = {
+            "ssl": "on",
+            "ssl_cert_file": "server.crt",
+            "ssl_key_file": "server.key",
+            **self._settings,
+        }
 
     # ---- internals: launching
 

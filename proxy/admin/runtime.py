@@ -63,6 +63,7 @@ from aiohttp import web
 
 from proxy import keystore
 from proxy.admin.metrics import ProxyMetrics
+from proxy.admin.pg_listener import PgListener
 from proxy.config import AdminToken, Config, ConfigError, load_config, secret
 from proxy.crypto.engine import TokenEngine
 from proxy.crypto.keyring import Keyring, KeyState
@@ -131,9 +132,9 @@ class ReloadError(TokenProxyError):
 @dataclass(frozen=True)
 class RuntimeOptions:
     """How to start. ``keys_dir``/``kek_file`` override the config (``serve --keys``,
-    ``--kek-file``); ``http_listen``/``admin_listen`` override the listen addresses (port 0:
-    any free port; for tests). ``env`` is where secrets and overrides are read (default:
-    the process environment)."""
+    ``--kek-file``); ``http_listen``/``admin_listen``/``pg_listen`` override the listen
+    addresses (port 0: any free port; for tests). ``env`` is where secrets and overrides are
+    read (default: the process environment)."""
 
     config_path: Path
     keys_dir: Path | None = None
@@ -146,6 +147,7 @@ class RuntimeOptions:
     health_max_backoff: float = 10.0
     http_listen: Address | None = None
     admin_listen: Address | None = None
+    pg_listen: Address | None = None
     handle_signals: bool = True
 
 
@@ -280,6 +282,17 @@ class Runtime:
         self._background: set[asyncio.Task[Any]] = set()
         self._proxy_runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
+        self.pg: PgListener | None = None
+        if config.pg.enabled:
+            self.pg = PgListener(
+                config.pg,
+                os.environ if options.env is None else options.env,
+                engine=lambda: ctx.engines.current,
+                store=store,
+                tickets=tickets,
+                audit=audit,
+                limits=lambda: ctx.settings.current.budget,
+            )
         self._shutdown: asyncio.Task[bool] | None = None
         metrics.watch(
             store=self._store_snapshot, keyring=lambda: self.keyring, state=lambda: self.state
@@ -664,11 +677,18 @@ class Runtime:
             "http": _bound(self._proxy_runner),
             "admin": _bound(self._admin_runner),
         }
+        if self.pg is not None:
+            try:
+                self.addresses["pg"] = await self.pg.start(self.options.pg_listen)
+            except OSError as exc:
+                raise TokenProxyError(
+                    f"cannot listen on {self.config.pg.listen} (pg.listen): "
+                    f"{exc.strerror or exc}"
+                ) from None
         self.state = RuntimeState.READY
         log.info(
             "runtime.listening",
-            http=[f"{h}:{p}" for h, p in self.addresses["http"]],
-            admin=[f"{h}:{p}" for h, p in self.addresses["admin"]],
+            **{k: [f"{h}:{p}" for h, p in v] for k, v in self.addresses.items()},
             tls=options.tls,
         )
         return self.addresses
@@ -739,6 +759,8 @@ class Runtime:
             # Stops accepting, closes idle keep-alive connections, waits for requests in
             # flight up to drain_timeout, then runs the app's cleanup (the forwarder).
             await self._proxy_runner.cleanup()
+        if self.pg is not None:
+            await self.pg.close(self.options.drain_timeout)
         for task in [self._bootstrap, *self._background]:
             if task is not None and not task.done():
                 task.cancel()

@@ -23,15 +23,19 @@ import click
               help="The admin API's port (stay-up mode).")
 @click.option("--api-port", type=click.IntRange(0, 65535), default=9000, show_default=True,
               help="The sample support API's port (stay-up mode).")
+@click.option("--pg-port", type=click.IntRange(0, 65535), default=6432, show_default=True,
+              help="tokenproxy's PostgreSQL port (stay-up mode).")
 @click.option("--customers", type=click.IntRange(5, 1_000_000), default=10_000, hidden=True)
-def demo(once: bool, http_port: int, admin_port: int, api_port: int, customers: int) -> None:
+def demo(
+    once: bool, http_port: int, admin_port: int, api_port: int, pg_port: int, customers: int
+) -> None:
     """Run tokenproxy in front of a sample support database and show what agents see."""
     from proxy.demo.story import DemoError, Ports, run_demo
     from proxy.embedded_pg import EmbeddedPostgresError
 
     try:
         status = asyncio.run(
-            run_demo(once=once, ports=Ports(http_port, admin_port, api_port),
+            run_demo(once=once, ports=Ports(http_port, admin_port, api_port, pg_port),
                      customers=customers)
         )
     except DemoError as exc:

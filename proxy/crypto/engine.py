@@ -114,6 +114,14 @@ class TokenEngine:
         self._remember((kind, value), result)
         return result.token
 
+    def cached_token(self, kind: str, value: str) -> str | None:
+        """The token of ``value`` if this engine issued it recently (its cache); else None.
+
+        A cached token was recorded when it was issued: a front end may send it without
+        going through the store again."""
+        cached = self._cache.get((kind, value))
+        return None if cached is None else cached.token
+
     def tokenize_many(self, kind: str, values: Sequence[str]) -> list[str]:
         """Tokens of many values of one kind (the tokenizer batches FF1 where it can)."""
         key = self.keyring.active

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -65,12 +66,13 @@ class Ports:
     http: int = 8080
     admin: int = 8081
     api: int = 9000
+    pg: int = 6432
 
 
 def check_ports(ports: Ports) -> None:
     """Refuse a fixed port already in use, before anything starts."""
     for port, option in ((ports.http, "--http-port"), (ports.admin, "--admin-port"),
-                         (ports.api, "--api-port")):
+                         (ports.api, "--api-port"), (ports.pg, "--pg-port")):
         if port == 0:
             continue
         with socket.socket() as s:
@@ -85,7 +87,9 @@ def check_ports(ports: Ports) -> None:
                 raise
 
 
-def _config_toml(upstream: str, dsn: str, keys_dir: Path, token_sha256: str) -> str:
+def _config_toml(
+    upstream: str, dsn: str, keys_dir: Path, token_sha256: str, support_dsn: str
+) -> str:
     routes = []
     for method, path, cid, prefix in (
         ("GET", "/customers/{id}", "$.id", "$."),
@@ -97,6 +101,7 @@ def _config_toml(upstream: str, dsn: str, keys_dir: Path, token_sha256: str) -> 
             + ROUTE_FIELDS.format(p=prefix)
         )
     routes.append('[[http.routes]]\nmethod = "GET"\npath = "/health"\non_unparseable = "pass"')
+    pg = urlsplit(support_dsn)
     return f"""# tokenproxy demo: written by `tokenproxy demo`, removed at exit
 [keys]
 dir = "{keys_dir}"
@@ -123,6 +128,17 @@ upstream = "{upstream}"
 [admin]
 listen = "{HOST}:8081"
 tokens = [{{ name = "demo-helpdesk", sha256 = "{token_sha256}" }}]
+
+[pg]
+enabled = true
+listen = "{HOST}:6432"  # the demo passes the real one
+upstream = "{pg.hostname}:{pg.port}"
+catalog_user = "{pg.username}"
+
+[[pg.tables]]
+table = "public.customers"
+customer_id = "id"
+columns = {{ full_name = "name", phone = "phone", notes = "text" }}
 """
 
 
@@ -150,6 +166,7 @@ class DemoStack:
     admin_url: str = ""
     support_dsn: str = ""
     state_dsn: str = ""
+    pg_dsn: str = ""  # the support database through tokenproxy, as agent alice
     customers: list[seeding.Customer] = field(default_factory=list)
 
     @classmethod
@@ -199,7 +216,13 @@ class DemoStack:
         self.admin_token = secrets.token_urlsafe(24)
         digest = hashlib.sha256(self.admin_token.encode()).hexdigest()
         config_path = self.tmp / "tokenproxy.toml"
-        config_path.write_text(_config_toml(self.api_url, self.state_dsn, self.keys_dir, digest))
+        config_path.write_text(
+            _config_toml(self.api_url, self.state_dsn, self.keys_dir, digest, self.support_dsn)
+        )
+        # The agent's own database role: through the PostgreSQL front end, alice is alice.
+        await self.support_pool.execute(
+            f"CREATE ROLE {AGENT} LOGIN; GRANT SELECT, UPDATE ON customers TO {AGENT}"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENPROXY_")}
         env["TOKENPROXY_COOKIE_SECRET"] = secrets.token_urlsafe(32)  # for the agent page
         self.runtime = await Runtime.open(
@@ -210,6 +233,7 @@ class DemoStack:
                 env=env,
                 http_listen=(HOST, ports.http),
                 admin_listen=(HOST, ports.admin),
+                pg_listen=(HOST, ports.pg),
                 handle_signals=False,
                 drain_timeout=2.0,
             )
@@ -217,10 +241,15 @@ class DemoStack:
         try:
             addresses = await self.runtime.start()
         except TokenProxyError as exc:
-            which = "--admin-port" if "admin.listen" in str(exc) else "--http-port"
+            which = (
+                "--admin-port" if "admin.listen" in str(exc)
+                else "--pg-port" if "pg.listen" in str(exc) else "--http-port"
+            )
             raise DemoError(f"{exc} (pass {which})") from None
         self.proxy_url = "http://{}:{}".format(*addresses["http"][0])
         self.admin_url = "http://{}:{}".format(*addresses["admin"][0])
+        pg_host, pg_port = addresses["pg"][0]
+        self.pg_dsn = f"postgresql://{AGENT}@{pg_host}:{pg_port}/support"
 
     async def close(self) -> None:
         """Stop everything started (in reverse order) and remove the directory."""
@@ -478,8 +507,49 @@ async def run_story(stack: DemoStack) -> Story:
         story.check("a search by the old (v1) token still finds customer 1",
                     any(r["id"] == 1 for r in old_search["customers"]))
 
-        # 7 -------------------------------------------------------------- audit
-        story.step(7, "The audit log: the chain holds, then a row edited by hand is caught")
+        # 7 -------------------------------------------------------------- SQL clients
+        story.step(7, f"SQL through tokenproxy's PostgreSQL front end, as database user {AGENT}")
+        sql_ticket = "T-1002"
+        expires = (datetime.now(UTC) + timedelta(hours=8)).isoformat()
+        await c.admin("PUT", f"/tickets/{sql_ticket}", {
+            "agent": AGENT, "customer_ids": [2], "status": "open", "expires_at": expires,
+        })
+        conn = await asyncpg.connect(stack.pg_dsn)
+        try:
+            query = "SELECT id, full_name, phone FROM customers WHERE id <= 3 ORDER BY id"
+            no_ticket = {r["id"]: r for r in await conn.fetch(query)}
+            cited = {r["id"]: r for r in await conn.fetch(
+                f"{query} /*ticket='{sql_ticket}'*/")}
+            try:
+                await conn.fetch("SELECT upper(full_name) FROM customers WHERE id = 1")
+                refused = ""
+            except asyncpg.PostgresError as exc:
+                refused = f"{exc.sqlstate}: {exc}"
+            by_token = await conn.fetchval(
+                "SELECT id FROM customers WHERE phone = $1", no_ticket[3]["phone"])
+        finally:
+            await conn.close()
+        click.echo(f"  psql {stack.pg_dsn}")
+        rows = [("id", "in the database", "SQL, no ticket", f"SQL /*ticket='{sql_ticket}'*/")]
+        for i in (1, 2, 3):
+            rows.append((str(i), real[i]["full_name"], no_ticket[i]["full_name"],
+                         cited[i]["full_name"]))
+        table(rows)
+        click.echo(f"\n  SELECT upper(full_name) ...  ->  {_cut(refused, 100)}\n")
+        story.check("SELECT returns tokens of the same length, ids in clear",
+                    all(no_ticket[i]["full_name"] != real[i]["full_name"]
+                        and len(no_ticket[i]["full_name"]) == len(real[i]["full_name"])
+                        for i in (1, 2, 3)))
+        story.check(f"the comment /*ticket='{sql_ticket}'*/ reveals customer 2 only",
+                    cited[2]["full_name"] == real[2]["full_name"]
+                    and cited[2]["phone"] == real[2]["phone"]
+                    and cited[1]["full_name"] == no_ticket[1]["full_name"])
+        story.check("a value computed from a protected column is refused (42501)",
+                    refused.startswith("42501"), refused)
+        story.check("WHERE phone = <token> finds the customer", by_token == 3, f"{by_token}")
+
+        # 8 -------------------------------------------------------------- audit
+        story.step(8, "The audit log: the chain holds, then a row edited by hand is caught")
         assert stack.runtime is not None
         pool = stack.runtime.store.pool
         report = await verify(pool, progress=False)
@@ -518,7 +588,8 @@ tokenproxy demo is up (Ctrl-C stops everything and removes {stack.tmp}):
   tokenproxy (HTTP)   {p}
   admin API           {a}    bearer token: {t}
   support API         {stack.api_url}    (direct, no tokenization: what the proxy hides)
-  psql                {stack.psql_command()}
+  SQL via tokenproxy  psql {stack.pg_dsn}
+  SQL direct          {stack.psql_command()}    (what the proxy hides)
 
 Try:
   curl -s -H 'X-Authenticated-User: alice' '{p}/customers?limit=3'
@@ -555,7 +626,7 @@ async def run_demo(*, once: bool, ports: Ports, customers: int) -> int:
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
     try:
-        stack = await DemoStack.start(ports if not once else Ports(0, 0, 0),
+        stack = await DemoStack.start(ports if not once else Ports(0, 0, 0, 0),
                                       customers=customers)
         try:
             started = loop.time()

@@ -13,6 +13,9 @@ quote), NULL (unquoted empty string), quoted fields holding delimiters, quotes a
 `CopyRowReader.encode_row` writes fields as PostgreSQL's COPY TO does (CopyAttributeOutText
 and CopyAttributeOutCSV), so an unchanged row comes back byte for byte. Binary COPY is not
 supported (UnsupportedCopyFormat).
+
+A text-format value equal to a custom NULL string (``NULL 'nil'``) is written by PostgreSQL
+unescaped and so reads back as NULL (as COPY FROM would read it): PostgreSQL's ambiguity.
 """
 
 from __future__ import annotations

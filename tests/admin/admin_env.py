@@ -317,6 +317,7 @@ async def start_env(
             health_max_backoff=0.5,
             http_listen=("127.0.0.1", 0),
             admin_listen=("127.0.0.1", 0),
+            pg_listen=("127.0.0.1", 0),
             handle_signals=False,
         )
     )

@@ -1,0 +1,957 @@
+"""One client's PostgreSQL session after start-up: two pumps and the queue between them.
+
+The client pump decodes what the client sends, passes each statement through the
+`Gate` (refuse, resolve tokens) and forwards it; for every message that will be answered
+it appends an *expectation* to a FIFO. The server pump decodes the answers in the same
+order and, guided by the expectation at the head, rewrites results (`RowRewriter`,
+COPY rows), scrubs errors and notices, and tracks session state (prepared statements,
+portals, cursors, the ticket).
+
+A refused statement never reaches the database. It is replaced by a message the server
+is sure to reject (a Parse or Query of text that does not parse, a Bind of a statement
+that does not exist), and the server's error is swapped for tokenproxy's on the way
+back: the transaction and pipeline then behave exactly as on any other error (an implicit
+transaction rolls back, an extended-protocol batch is skipped up to its Sync).
+
+A result cut mid-way (a derived value of a customer the ticket does not cover, a value
+that cannot be rewritten) ends with tokenproxy's ErrorResponse; the rest of the server's
+answers up to the next ReadyForQuery are dropped. Anything unexpected from either side
+closes the session with an error: fail closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from proxy.crypto.engine import TokenEngine
+from proxy.crypto.tokens import Kind
+from proxy.errors import TokenProxyError
+from proxy.pg.analysis import ColumnLineage, Statement
+from proxy.pg.catalog import Catalogs, CatalogSnapshot
+from proxy.pg.codec import ProtocolError
+from proxy.pg.copyrows import CopyRowReader, UnsupportedCopyFormat
+from proxy.pg.gate import AnalysisCache, Gate, Refused
+from proxy.pg.messages import (
+    Bind,
+    Close,
+    CommandComplete,
+    CopyData,
+    CopyDone,
+    CopyFail,
+    CopyInResponse,
+    CopyOutResponse,
+    DataRow,
+    Describe,
+    EmptyQueryResponse,
+    ErrorResponse,
+    Execute,
+    FieldDescription,
+    Flush,
+    FunctionCall,
+    NoData,
+    NoticeResponse,
+    NotificationResponse,
+    ParameterDescription,
+    ParameterStatus,
+    Parse,
+    Passthrough,
+    PortalSuspended,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    Sync,
+    Terminate,
+)
+from proxy.pg.notices import scrub_fields
+from proxy.pg.refusals import INSUFFICIENT_PRIVILEGE, error
+from proxy.pg.results import ResultCut, ResultPlan, RowRewriter, Tokens, plan_result, tokens_of
+from proxy.pg.startup import Established
+from proxy.pg.values import parse_options, python_encoding
+from proxy.policy.columns import ColumnPolicy
+from proxy.store.audit import AuditLog
+from proxy.store.budget import BudgetLimits
+from proxy.store.durable import Store
+from proxy.store.freetext import tokenize_notes
+from proxy.store.reveal import DEFAULT_LIMITS, authorize_reveals
+from proxy.store.tickets import TicketStore
+
+__all__ = ["PgContext", "run_session"]
+
+log = structlog.get_logger("tokenproxy.pg")
+
+READ_SIZE = 256 * 1024
+_PLAN_CACHE = 256  # result plans kept per session
+REFUSED_SQL = "TOKENPROXY REFUSED THIS STATEMENT"  # a syntax error: the server rejects it
+REFUSED_NAME = "tokenproxy: refused"  # no such prepared statement or portal
+# Fast-path function calls allowed: the large-object functions libpq uses (pg_proc OIDs).
+LARGE_OBJECT_FUNCTIONS = frozenset(
+    {715, 952, 953, 954, 955, 956, 957, 958, 964, 1004, 3170, 3171, 3172}
+)
+
+
+@dataclass
+class PgContext:
+    """What every session of one PostgreSQL listener shares."""
+
+    engine: Callable[[], TokenEngine]  # the current engine: one keyring snapshot per call
+    store: Store
+    tickets: TicketStore
+    audit: AuditLog
+    catalogs: Catalogs
+    policy: ColumnPolicy
+    limits: Callable[[], BudgetLimits] = lambda: DEFAULT_LIMITS  # the budget in force
+    cache: AnalysisCache = field(default_factory=AnalysisCache)
+
+    def protected_columns(self) -> dict[str, Kind]:
+        """Protected column names -> kind (for error messages that name a key column)."""
+        out: dict[str, Kind] = {}
+        for table in self.policy:
+            out.update(table.columns)
+        return out
+
+
+# ---- what the server pump expects next
+
+
+@dataclass
+class _Run:
+    """One statement whose answers are on their way."""
+
+    statement: Statement
+    outputs: tuple[ColumnLineage, ...] | None
+    known: dict[str, str]
+    ticket: str | None
+    snapshot: CatalogSnapshot | None
+    undeclared: bool = False  # FETCH/EXECUTE of a cursor or statement not seen here
+
+
+@dataclass
+class _Expect:
+    kind: str  # parse bind close describe execute sync query function
+    refusal: ErrorResponse | None = None
+    run: _Run | None = None
+    runs: list[_Run] = field(default_factory=list)  # query: one per statement
+    index: int = 0
+    name: str = ""
+    describe: str = ""  # 'S' or 'P'
+    internal: bool = False  # injected by the proxy: its answer is not forwarded
+    prepared: _Prepared | None = None  # the objects as they were when the message was sent
+    portal: _Portal | None = None
+    planned: bool = False
+
+
+@dataclass
+class _Prepared:
+    statement: Statement
+    ticket_comment: str | None
+    param_types: tuple[int, ...]
+    snapshot: CatalogSnapshot | None
+    known: dict[str, str] = field(default_factory=dict)  # resolved in the Parse's text
+    description: tuple[FieldDescription, ...] | None = None  # from Describe S
+    described: bool = False
+    describing: bool = False  # a Describe S was sent
+    formatted: dict[tuple[int, ...], tuple[FieldDescription, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class _Portal:
+    prepared: _Prepared
+    run: _Run
+    result_formats: tuple[int, ...]
+    description: tuple[FieldDescription, ...] | None = None
+    described: bool = False
+    describing: bool = False  # a Describe P was sent
+    copy_in: _CopyIn | None = None  # a COPY FROM STDIN into protected columns
+
+    def fields(self) -> tuple[FieldDescription, ...] | None:
+        """The row description of this portal's rows, if the server told."""
+        if self.described:
+            return self.description
+        prepared = self.prepared
+        if prepared.described and prepared.description is not None:
+            formats = self.result_formats
+            cached = prepared.formatted.get(formats)
+            if cached is None:
+                cached = _apply_formats(prepared.description, formats)
+                prepared.formatted[formats] = cached
+            return cached
+        return None
+
+    @property
+    def no_rows(self) -> bool:
+        return (self.described and self.description is None) or (
+            not self.described and self.prepared.described and self.prepared.description is None
+        )
+
+
+def _apply_formats(
+    fields: tuple[FieldDescription, ...], formats: tuple[int, ...]
+) -> tuple[FieldDescription, ...]:
+    out = []
+    for i, f in enumerate(fields):
+        if not formats:
+            fmt = 0
+        elif len(formats) == 1:
+            fmt = formats[0]
+        else:
+            fmt = formats[i] if i < len(formats) else 0
+        out.append(
+            FieldDescription(
+                f.name, f.table_oid, f.column_attr, f.type_oid, f.type_size, f.type_mod, fmt
+            )
+        )
+    return tuple(out)
+
+
+class _Closed(Exception):
+    """The session ends."""
+
+
+class Session:
+    """See the module docstring."""
+
+    def __init__(self, ctx: PgContext, est: Established) -> None:
+        self.ctx = ctx
+        self.est = est
+        self.agent = est.user
+        status = dict(est.parameter_status)
+        self.encoding = python_encoding(status.get("client_encoding", "UTF8")) or ""
+        options = parse_options(est.params.get("options", ""))
+        self.gate = Gate(
+            agent=est.user,
+            catalog=ctx.catalogs.get(est.database),
+            cache=ctx.cache,
+            tickets=ctx.tickets,
+            store=ctx.store,
+            engine=ctx.engine,
+            startup_ticket=(
+                options.get("tokenproxy.ticket") or est.params.get("tokenproxy.ticket") or None
+            ),
+        )
+        self.gate.standard_strings = status.get("standard_conforming_strings", "on") == "on"
+        self.protected_columns = ctx.protected_columns()
+        self.expect: deque[_Expect] = deque()
+        self.statements: dict[str, _Prepared] = {}
+        self.portals: dict[str, _Portal] = {}
+        self.cursors: dict[str, tuple[ColumnLineage, ...] | None] = {}
+        self.sql_prepared: dict[str, Statement] = {}
+        self.copy_in: _CopyIn | None = None
+        self.result: RowRewriter | None = None
+        self.copy_out: _CopyOut | None = None
+        self.cutting = False  # drop the server's answers until ReadyForQuery
+        self.copy_refused: ErrorResponse | None = None  # COPY FROM data refused: drop the rest
+        self.client_w = est.client_writer
+        self.server_w = est.server_writer
+        self._plans: dict[tuple[Any, ...], tuple[Statement, Any, ResultPlan]] = {}
+
+    # ================================================================ client side
+
+    async def client_pump(self) -> None:
+        dec = self.est.client_decoder
+        reader = self.est.client_reader
+        while True:
+            out: list[bytes] = []
+            try:
+                while (msg := dec.next_message()) is not None:
+                    out.append(await self.on_client(msg))
+                    if isinstance(msg, Terminate):
+                        self.server_w.write(b"".join(out))
+                        raise _Closed
+            except ProtocolError as exc:
+                self.client_w.write(exc.to_error_response().encode())
+                raise _Closed from None
+            if out:
+                self.server_w.write(b"".join(out))
+                await self.server_w.drain()
+            data = await reader.read(READ_SIZE)
+            if not data:
+                raise _Closed
+            dec.feed(data)
+
+    async def on_client(self, msg: Any) -> bytes:
+        """The bytes to send upstream for one client message."""
+        if isinstance(msg, Query):
+            return await self._query(msg)
+        if isinstance(msg, Parse):
+            return await self._parse(msg)
+        if isinstance(msg, Bind):
+            return await self._bind(msg)
+        if isinstance(msg, Describe):
+            return self._describe(msg)
+        if isinstance(msg, Execute):
+            return self._execute(msg)
+        if isinstance(msg, Close):
+            (self.statements if msg.kind == "S" else self.portals).pop(msg.name, None)
+            self.expect.append(_Expect("close"))
+            return msg.wire()
+        if isinstance(msg, Sync):
+            self.expect.append(_Expect("sync"))
+            return msg.wire()
+        if isinstance(msg, CopyData):
+            return await self._copy_data(msg)
+        if isinstance(msg, CopyDone | CopyFail):
+            if self.copy_refused is not None:
+                self.copy_refused = None
+                return b""  # the server had a CopyFail already
+            out = b""
+            if self.copy_in is not None and isinstance(msg, CopyDone):
+                try:
+                    out = await self.copy_in.finish()
+                except TokenProxyError:
+                    self.copy_in = None
+                    return CopyFail("tokenproxy could not read the end of the COPY").encode()
+            self.copy_in = None
+            return out + msg.wire()
+        if isinstance(msg, FunctionCall):
+            if msg.function_oid in LARGE_OBJECT_FUNCTIONS:
+                self.expect.append(_Expect("function"))
+                return msg.wire()
+            refusal = error(
+                INSUFFICIENT_PRIVILEGE,
+                "fast-path function calls are allowed for large objects only",
+                hint="call the function in a SELECT",
+            )
+            self.expect.append(_Expect("query", refusal=refusal))
+            return Query(REFUSED_SQL).encode()
+        if isinstance(msg, Flush | Terminate):
+            return msg.wire()
+        raise ProtocolError(f"unexpected {type(msg).__name__} message in a session")
+
+    async def _query(self, msg: Query) -> bytes:
+        try:
+            analysis, snapshot = await self.gate.analyze(msg.sql)
+            ticket = self.gate.ticket(analysis)
+            for statement in analysis.statements:
+                await self.gate.check(statement, ticket)
+            sql, known = await self.gate.resolve_text(msg.sql, analysis)
+            copy_in = None
+            for statement in analysis.statements:
+                if statement.copy_from_stdin:
+                    copy_in = self._copy_in(statement)
+        except Refused as refused:
+            self.expect.append(_Expect("query", refusal=refused.response))
+            return Query(REFUSED_SQL).encode()
+        self.copy_in = copy_in
+        runs = [self._run(s, known, ticket, snapshot) for s in analysis.statements]
+        self.expect.append(_Expect("query", runs=runs))
+        return msg.wire() if sql == msg.sql else Query(sql).encode()
+
+    def _run(
+        self,
+        statement: Statement,
+        known: dict[str, str],
+        ticket: str | None,
+        snapshot: CatalogSnapshot | None,
+    ) -> _Run:
+        """A statement on its way, with the outputs of the cursor or statement it uses."""
+        outputs, undeclared = statement.outputs, False
+        if statement.fetch is not None:
+            undeclared = statement.fetch not in self.cursors
+            outputs = self.cursors.get(statement.fetch)
+        elif statement.execute is not None:
+            prepared = self.sql_prepared.get(statement.execute)
+            undeclared = prepared is None
+            outputs = prepared.outputs if prepared is not None else None
+        return _Run(statement, outputs, known, ticket, snapshot, undeclared)
+
+    async def _parse(self, msg: Parse) -> bytes:
+        try:
+            analysis, snapshot = await self.gate.analyze(msg.query)
+            if len(analysis.statements) > 1:
+                raise Refused(
+                    error(
+                        INSUFFICIENT_PRIVILEGE,
+                        "a prepared statement holds one SQL statement",
+                        hint="send the statements one by one",
+                    )
+                )
+            statement = analysis.statements[0] if analysis.statements else Statement("EMPTY")
+            if statement.refusal is not None:
+                await self.gate.check(statement, None)
+            query, known = await self.gate.resolve_text(msg.query, analysis)
+        except Refused as refused:
+            self.statements.pop(msg.statement, None)
+            self.expect.append(_Expect("parse", refusal=refused.response))
+            return Parse(msg.statement, REFUSED_SQL, ()).encode()
+        self.statements[msg.statement] = _Prepared(
+            statement, analysis.ticket, msg.param_types, snapshot, known
+        )
+        self.expect.append(_Expect("parse", name=msg.statement))
+        if query == msg.query:
+            return msg.wire()
+        return Parse(msg.statement, query, msg.param_types).encode()
+
+    async def _bind(self, msg: Bind) -> bytes:
+        prepared = self.statements.get(msg.statement)
+        try:
+            if prepared is None:
+                sql_prepared = self.sql_prepared.get(msg.statement)
+                if sql_prepared is None:
+                    raise Refused(
+                        error(
+                            "26000",
+                            f"prepared statement {msg.statement!r} is not known to tokenproxy",
+                        )
+                    )
+                prepared = _Prepared(sql_prepared, None, (), None)
+            ticket = prepared.ticket_comment or self.gate.ticket_now()
+            await self.gate.check(prepared.statement, ticket)
+            bind, known = await self.gate.resolve_bind(
+                msg, prepared.statement, prepared.param_types, self.encoding or "utf-8"
+            )
+            copy_in = (
+                self._copy_in(prepared.statement) if prepared.statement.copy_from_stdin else None
+            )
+        except Refused as refused:
+            self.portals.pop(msg.portal, None)
+            self.expect.append(_Expect("bind", refusal=refused.response))
+            return Bind(msg.portal, REFUSED_NAME).encode()
+        run = self._run(prepared.statement, {**prepared.known, **known}, ticket, prepared.snapshot)
+        portal = _Portal(prepared, run, msg.result_formats, copy_in=copy_in)
+        self.portals[msg.portal] = portal
+        self.expect.append(_Expect("bind"))
+        return msg.wire() if bind is msg else bind.encode()
+
+    def _describe(self, msg: Describe) -> bytes:
+        head = _Expect("describe", name=msg.name, describe=msg.kind)
+        if msg.kind == "S":
+            head.prepared = self.statements.get(msg.name)
+            if head.prepared is not None:
+                head.prepared.describing = True
+        else:
+            head.portal = self.portals.get(msg.name)
+            if head.portal is not None:
+                head.portal.describing = True
+        self.expect.append(head)
+        return msg.wire()
+
+    def _execute(self, msg: Execute) -> bytes:
+        portal = self.portals.get(msg.portal)
+        if portal is None:
+            refusal = error("34000", f"portal {msg.portal!r} is not known to tokenproxy")
+            self.expect.append(_Expect("execute", refusal=refusal))
+            return Execute(REFUSED_NAME, msg.max_rows).encode()
+        out = b""
+        if not (portal.describing or portal.prepared.describing):
+            # The client never asked what the rows are: ask, and keep the answer.
+            portal.describing = True
+            self.expect.append(
+                _Expect("describe", name=msg.portal, describe="P", internal=True, portal=portal)
+            )
+            out = Describe("P", msg.portal).encode()
+        self.expect.append(_Expect("execute", run=portal.run, name=msg.portal, portal=portal))
+        self.copy_in = portal.copy_in
+        return out + msg.wire()
+
+    # ---- COPY FROM STDIN: tokens in protected columns resolved
+
+    def _copy_in(self, statement: Statement) -> _CopyIn | None:
+        """The rewriter of a COPY FROM STDIN into protected columns (None: nothing to do)."""
+        into = statement.copy_into or ()
+        if not any(c.protected for c in into):
+            return None
+        try:
+            return _CopyIn(self, statement, into)
+        except UnsupportedCopyFormat as exc:
+            raise Refused(error("0A000", str(exc))) from None
+
+    async def _copy_data(self, msg: CopyData) -> bytes:
+        if self.copy_refused is not None:
+            return b""
+        if self.copy_in is None:
+            return msg.wire()
+        try:
+            return await self.copy_in.feed(msg.data)
+        except (Refused, TokenProxyError) as exc:
+            response = (
+                exc.response
+                if isinstance(exc, Refused)
+                else error("22P04", "a COPY row could not be read; the COPY was refused")
+            )
+            self.copy_in = None
+            self.copy_refused = response
+            for head in self.expect:
+                if head.kind in ("query", "execute"):
+                    head.refusal = response
+            return CopyFail("tokenproxy refused the COPY data").encode()
+
+    # ================================================================ server side
+
+    async def server_pump(self) -> None:
+        dec = self.est.server_decoder
+        reader = self.est.server_reader
+        while True:
+            out: list[bytes] = []
+            rows: list[DataRow] = []
+            while True:
+                msg = dec.next_message()
+                if msg is None:
+                    break
+                if type(msg) is Passthrough:  # rows of a result with nothing to rewrite
+                    out.append(msg.frame)
+                    continue
+                if isinstance(msg, DataRow) and self.result is not None and not self.cutting:
+                    rows.append(msg)
+                    continue
+                if rows:
+                    out.extend(await self._rows(rows))
+                    rows = []
+                out.extend(await self.on_server(msg))
+            if rows:
+                out.extend(await self._rows(rows))
+            if out:
+                self.client_w.write(b"".join(out))
+                await self.client_w.drain()
+            data = await reader.read(READ_SIZE)
+            if not data:
+                raise _Closed
+            dec.feed(data)
+
+    async def _rows(self, rows: list[DataRow]) -> list[bytes]:
+        assert self.result is not None
+        try:
+            return await self.result.rewrite(rows)
+        except ResultCut as cut:
+            return self._cut(cut.response)
+
+    def _cut(self, response: ErrorResponse) -> list[bytes]:
+        log.warning("pg.result_cut", agent=self.agent, reason=response.message)
+        self.result = None
+        self.copy_out = None
+        self.cutting = True
+        # Nothing more of this exchange is expected by the client until ReadyForQuery.
+        while self.expect and self.expect[0].kind not in ("sync", "query", "function"):
+            self.expect.popleft()
+        if self.expect and self.expect[0].kind == "query":
+            self.expect[0].runs = []
+        return [response.encode()]
+
+    async def on_server(self, msg: Any) -> list[bytes]:
+        if not isinstance(msg, DataRow):
+            self._rows_passthrough(False)
+        if isinstance(msg, ReadyForQuery):
+            self.cutting = False
+            self.result = None
+            self.copy_out = None
+            head = self.expect.popleft() if self.expect else None
+            if head is not None and head.kind not in ("sync", "query", "function"):
+                raise ProtocolError("ReadyForQuery arrived before the answers it follows")
+            return [msg.wire()]
+        if isinstance(msg, ParameterStatus):
+            self._parameter(msg)
+            return [msg.wire()]
+        if isinstance(msg, NoticeResponse):
+            return [NoticeResponse(self._scrub(msg.fields)).encode()]
+        if self.cutting:
+            return []
+        head = self.expect[0] if self.expect else None
+        if head is not None and head.kind == "execute" and not head.planned:
+            head.planned = True
+            if not isinstance(msg, ErrorResponse):
+                cut = self._plan_execute(head)
+                if cut:
+                    return cut
+        if isinstance(msg, DataRow):
+            if self.result is not None:
+                return await self._rows([msg])
+            if head is None or head.kind not in ("execute", "query"):
+                raise ProtocolError("a DataRow outside of a result")
+            return [msg.wire()]  # planned: no column of this result is protected
+        if isinstance(msg, NotificationResponse):
+            return [msg.wire()]
+        if head is None:
+            if isinstance(msg, ErrorResponse):  # FATAL at shutdown, say
+                return [ErrorResponse(self._scrub(msg.fields)).encode()]
+            raise ProtocolError(f"unexpected {type(msg).__name__} from the server")
+        if isinstance(msg, ErrorResponse):
+            return self._error(head, msg)
+        kind = head.kind
+        if kind in ("parse", "bind", "close"):
+            self.expect.popleft()
+            return [msg.wire()]
+        if kind == "describe":
+            return self._described(head, msg)
+        if kind == "execute":
+            return await self._executing(head, msg)
+        if kind == "query":
+            return await self._querying(head, msg)
+        if kind == "function":
+            return [msg.wire()]
+        raise ProtocolError(f"unexpected {type(msg).__name__} from the server")
+
+    def _parameter(self, msg: ParameterStatus) -> None:
+        if msg.name == "client_encoding":
+            self.encoding = python_encoding(msg.value) or ""
+        elif msg.name == "standard_conforming_strings":
+            self.gate.standard_strings = msg.value == "on"
+
+    def _error(self, head: _Expect, msg: ErrorResponse) -> list[bytes]:
+        self.result = None
+        self.copy_out = None
+        self.copy_in = None
+        if head.kind in ("query", "function"):
+            response = head.refusal or self._scrubbed(msg, head)
+            head.runs = []
+            return [response.encode()]
+        # Extended protocol: the server skips everything up to the Sync.
+        response = head.refusal or self._scrubbed(msg, head)
+        while self.expect and self.expect[0].kind != "sync":
+            self.expect.popleft()
+        return [response.encode()]
+
+    def _scrubbed(self, msg: ErrorResponse, head: _Expect) -> ErrorResponse:
+        run = head.run or (head.runs[head.index] if head.index < len(head.runs) else None)
+        return ErrorResponse(self._scrub(msg.fields, run))
+
+    def _scrub(self, fields: Any, run: _Run | None = None) -> dict[str, str]:
+        engine = self.ctx.engine()
+        touches = True if run is None else _touches(run)
+        return scrub_fields(
+            fields,
+            touches_protected=touches and bool(self.ctx.policy),
+            known=run.known if run is not None else {},
+            protected_columns=self.protected_columns,
+            tokenize=lambda kind, value: engine.tokenize(kind.value, value),
+        )
+
+    def _described(self, head: _Expect, msg: Any) -> list[bytes]:
+        if isinstance(msg, ParameterDescription):
+            return [] if head.internal else [msg.wire()]
+        if not isinstance(msg, RowDescription | NoData):
+            raise ProtocolError(f"unexpected {type(msg).__name__} answering a Describe")
+        self.expect.popleft()
+        fields = msg.fields if isinstance(msg, RowDescription) else None
+        if head.prepared is not None:
+            head.prepared.description, head.prepared.described = fields, True
+        if head.portal is not None:
+            head.portal.description, head.portal.described = fields, True
+        return [] if head.internal else [msg.wire()]
+
+    async def _executing(self, head: _Expect, msg: Any) -> list[bytes]:
+        run = head.run
+        assert run is not None
+        if isinstance(msg, CommandComplete | PortalSuspended | EmptyQueryResponse):
+            self.expect.popleft()
+            self.result = None
+            if isinstance(msg, CommandComplete):
+                self._completed(run)
+            return [msg.wire()]
+        if isinstance(msg, CopyOutResponse):
+            return self._start_copy_out(run, msg)
+        if isinstance(msg, CopyData | CopyDone):
+            return await self._copy_out_data(msg)
+        if isinstance(msg, CopyInResponse):
+            return [msg.wire()]
+        raise ProtocolError(f"unexpected {type(msg).__name__} answering an Execute")
+
+    def _plan_execute(self, head: _Expect) -> list[bytes]:
+        """Plan the rows an Execute is about to return (its portal's description)."""
+        portal = head.portal
+        assert portal is not None and head.run is not None
+        fields = portal.fields()
+        if fields is None:
+            if portal.no_rows:
+                self.result = None
+                return []
+            return self._cut(
+                error(INSUFFICIENT_PRIVILEGE, "the rows of this portal could not be described")
+            )
+        return self.start_rows(head.run, fields)
+
+    def start_rows(self, run: _Run, fields: Sequence[FieldDescription]) -> list[bytes]:
+        """Plan the rows of a result; a plan that cannot be made cuts the result."""
+        if run.undeclared:
+            self.result = None
+            return self._cut(
+                error(
+                    INSUFFICIENT_PRIVILEGE,
+                    "the rows of this cursor or prepared statement were not declared through "
+                    "tokenproxy, so their columns cannot be checked",
+                    hint="declare the cursor or prepare the statement in this session",
+                )
+            )
+        try:
+            plan = self._plan(run, tuple(fields))
+        except ResultCut as cut:
+            return self._cut(cut.response)
+        if plan.passthrough:
+            self.result = None
+            self._rows_passthrough(True)
+        else:
+            self.result = RowRewriter(plan, self._tokens(run, plan))
+        return []
+
+    def _plan(self, run: _Run, fields: tuple[FieldDescription, ...]) -> ResultPlan:
+        """The plan of ``run``'s rows, cached per statement (a prepared statement executed
+        again is not planned again)."""
+        echo = bool(run.known)
+        key = (id(run.statement), id(run.outputs), id(run.snapshot), fields, self.encoding,
+               echo)
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is run.statement and hit[1] is run.snapshot:
+            return hit[2]
+        plan = plan_result(fields, run.outputs, run.snapshot, self.encoding or "utf-8", echo=echo)
+        if len(self._plans) >= _PLAN_CACHE:
+            self._plans.clear()
+        self._plans[key] = (run.statement, run.snapshot, plan)
+        return plan
+
+    def _rows_passthrough(self, on: bool) -> None:
+        """Let the decoder frame DataRows without parsing them (a result with nothing to
+        rewrite), or parse them again."""
+        dec = self.est.server_decoder
+        if on != bool(dec.passthrough):
+            dec.passthrough = {b"D"} if on else ()
+
+    def _tokens(self, run: _Run, plan: ResultPlan) -> Tokens:
+        reveal = None
+        if run.ticket and plan.customers:
+            ticket = run.ticket
+
+            async def reveal_fn(customers: set[str], fields: frozenset[str]) -> set[str]:
+                decisions = await authorize_reveals(
+                    self.ctx.tickets,
+                    self.ctx.audit,
+                    agent=self.agent,
+                    ticket_id=ticket,
+                    customer_ids=customers,
+                    fields=fields,
+                    route=f"pg:{run.statement.tag}",
+                    request_id=None,
+                    limits=self.ctx.limits(),
+                )
+                return {c for c, d in decisions.items() if d.allowed}
+
+            reveal = reveal_fn
+        return Tokens(self.ctx.engine(), self.ctx.store, reveal, run.known)
+
+    async def _querying(self, head: _Expect, msg: Any) -> list[bytes]:
+        run = head.runs[head.index] if head.index < len(head.runs) else None
+        if isinstance(msg, RowDescription):
+            if run is None:
+                raise ProtocolError("a RowDescription for no statement")
+            cut = self.start_rows(run, msg.fields)
+            return cut or [msg.wire()]
+        if isinstance(msg, CommandComplete | EmptyQueryResponse):
+            self.result = None
+            if run is not None and isinstance(msg, CommandComplete):
+                self._completed(run)
+            head.index += 1
+            return [msg.wire()]
+        if isinstance(msg, CopyOutResponse):
+            if run is None:
+                raise ProtocolError("a CopyOutResponse for no statement")
+            return self._start_copy_out(run, msg)
+        if isinstance(msg, CopyData | CopyDone):
+            return await self._copy_out_data(msg)
+        if isinstance(msg, CopyInResponse):
+            return [msg.wire()]
+        raise ProtocolError(f"unexpected {type(msg).__name__} answering a Query")
+
+    def _completed(self, run: _Run) -> None:
+        """Session state a completed statement changes."""
+        s = run.statement
+        if s.set_ticket is not None:
+            self.gate.session_ticket = s.set_ticket
+        if s.reset_ticket:
+            self.gate.session_ticket = None
+        if s.cursor is not None:
+            self.cursors[s.cursor] = s.outputs
+        if s.prepare is not None:
+            self.sql_prepared[s.prepare] = s
+        if s.ddl:
+            self.gate.catalog.invalidate()
+
+    # ---- COPY TO STDOUT
+
+    def _start_copy_out(self, run: _Run, msg: CopyOutResponse) -> list[bytes]:
+        outputs = run.outputs
+        if run.undeclared or (outputs is None and run.statement.copy_to_stdout):
+            return self._cut(
+                error(INSUFFICIENT_PRIVILEGE, "the columns of this COPY cannot be checked")
+            )
+        if outputs is None or not any(o.protected for o in outputs):
+            self.copy_out = None
+            return [msg.wire()]
+        try:
+            reader = CopyRowReader(
+                run.statement.copy_format,
+                run.statement.copy_delimiter,
+                run.statement.copy_header,
+                self.encoding or "utf-8",
+                columns=len(outputs),
+            )
+        except UnsupportedCopyFormat as exc:
+            return self._cut(error("0A000", str(exc), hint="COPY protected columns as text or csv"))
+        self.copy_out = _CopyOut(self, run, outputs, reader)
+        return [msg.wire()]
+
+    async def _copy_out_data(self, msg: CopyData | CopyDone) -> list[bytes]:
+        if self.copy_out is None:
+            return [msg.wire()]
+        try:
+            if isinstance(msg, CopyDone):
+                self.copy_out.reader.finish()
+                self.copy_out = None
+                return [msg.wire()]
+            return await self.copy_out.feed(msg.data)
+        except ResultCut as cut:
+            return self._cut(cut.response)
+        except TokenProxyError:
+            return self._cut(error("0A000", "a COPY row could not be read; the COPY was cut"))
+
+    # ================================================================ the session
+
+    async def run(self) -> None:
+        self.client_w.write(self.est.ready.wire())
+        started = time.monotonic()
+        client = asyncio.create_task(self.client_pump(), name="pg-client")
+        server = asyncio.create_task(self.server_pump(), name="pg-server")
+        try:
+            done, _ = await asyncio.wait({client, server}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, _Closed | ConnectionError):
+                    log.error("pg.session_failed", agent=self.agent, error=type(exc).__name__)
+                    with contextlib.suppress(Exception):
+                        self.client_w.write(
+                            error("XX000", "tokenproxy ended this session on an internal "
+                                  "error; reconnect").encode()
+                        )
+        finally:
+            for task in (client, server):
+                task.cancel()
+            for task in (client, server):
+                with contextlib.suppress(BaseException):
+                    await task
+            log.info("pg.session_end", agent=self.agent,
+                     seconds=round(time.monotonic() - started, 3))
+
+
+def _touches(run: _Run) -> bool:
+    s = run.statement
+    if s.slots or s.problems or s.tag in ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY"):
+        return True
+    outputs = run.outputs or ()
+    return any(o.protected for o in outputs)
+
+
+class _CopyOut:
+    """The rows of one COPY TO STDOUT with protected columns: tokenized, never revealed."""
+
+    def __init__(
+        self,
+        session: Session,
+        run: _Run,
+        outputs: tuple[ColumnLineage, ...],
+        reader: CopyRowReader,
+    ) -> None:
+        self.session = session
+        self.run = run
+        self.outputs = outputs
+        self.reader = reader
+        self.columns = [(i, o.kind) for i, o in enumerate(outputs) if o.protected]
+        self.names = [i for i, o in enumerate(outputs) if o.kind is Kind.NAME]
+
+    async def feed(self, data: bytes) -> list[bytes]:
+        rows = self.reader.feed(data)
+        pending: dict[Kind, list[tuple[int, int, str]]] = {}
+        fields_list: list[list[str | None]] = []
+        names: dict[int, tuple[str, ...]] = {}
+        for r, row in enumerate(rows):
+            fields = list(row.fields)
+            fields_list.append(fields)
+            if row.header:
+                continue
+            if len(fields) != len(self.outputs):
+                raise ResultCut(
+                    error(INSUFFICIENT_PRIVILEGE, "a COPY row has an unexpected number of columns")
+                )
+            names[r] = tuple(v for i in self.names if (v := fields[i]) is not None)
+            for i, kind in self.columns:
+                value = fields[i]
+                if value is None:
+                    continue
+                if kind is None:
+                    raise ResultCut(
+                        error(
+                            INSUFFICIENT_PRIVILEGE,
+                            "COPY of values derived from protected columns is refused",
+                        )
+                    )
+                pending.setdefault(kind, []).append((r, i, value))
+        engine = self.session.ctx.engine()
+        store = self.session.ctx.store
+        for kind, items in pending.items():
+            if kind is Kind.TEXT:
+                notes = [(v, names.get(r, ())) for r, _, v in items]
+                tokens, _ = await tokenize_notes(engine, store, notes)
+            else:
+                mapping = await tokens_of(engine, store, kind, [v for _, _, v in items])
+                tokens = [mapping[v] for _, _, v in items]
+            for (r, i, _), token in zip(items, tokens, strict=True):
+                fields_list[r][i] = token
+        return [
+            CopyData(self.reader.encode_row(fields, row.quoted)).encode()
+            for row, fields in zip(rows, fields_list, strict=True)
+        ]
+
+
+class _CopyIn:
+    """COPY FROM STDIN into protected columns: tokens resolved to their values."""
+
+    def __init__(
+        self, session: Session, statement: Statement, into: Sequence[ColumnLineage]
+    ) -> None:
+        self.session = session
+        self.statement = statement
+        self.into = list(into)
+        self.reader = CopyRowReader(
+            statement.copy_format, statement.copy_delimiter, statement.copy_header,
+            session.encoding or "utf-8", columns=len(self.into),
+        )
+
+    async def feed(self, data: bytes) -> bytes:
+        rows = self.reader.feed(data)
+        return await self._resolve(rows)
+
+    async def finish(self) -> bytes:
+        self.reader.finish()
+        return b""
+
+    async def _resolve(self, rows: list[Any]) -> bytes:
+        gate = self.session.gate
+        wanted: list[tuple[int, int, Kind, str]] = []
+        fields_list = [list(r.fields) for r in rows]
+        for r, row in enumerate(rows):
+            if row.header:
+                continue
+            for i, lin in enumerate(self.into):
+                kind = lin.kind
+                if kind is None or i >= len(fields_list[r]):
+                    continue
+                value = fields_list[r][i]
+                if value is not None:
+                    wanted.append((r, i, kind, value))
+        if wanted:
+            real = await gate._resolve([(k, v) for _, _, k, v in wanted], True)
+            for r, i, kind, value in wanted:
+                fields_list[r][i] = real.get((kind, value), value)
+        out = []
+        for row, fields in zip(rows, fields_list, strict=True):
+            payload = self.reader.encode_row(fields, row.quoted)
+            out.append(CopyData(payload).encode())
+        return b"".join(out)
+
+
+async def run_session(ctx: PgContext, est: Established) -> None:
+    """Serve one established client session until either side closes."""
+    await Session(ctx, est).run()
