@@ -720,6 +720,14 @@ class Catalog:
                 missing_tables=len(snap.missing_tables()),
                 unfollowed_views=len(snap.unfollowed_views()),
             )
+            if snap.missing_tables() or snap.missing_columns():
+                log.warning(
+                    "pg.catalog.policy_not_found",
+                    database=self._database,
+                    tables=list(snap.missing_tables()),
+                    columns=list(snap.missing_columns()),
+                    hint="a protected table or column the policy names is not in this database",
+                )
         self._snapshot = snap
         self._loaded_generation = generation
         self._checked_at = time.monotonic()
