@@ -178,7 +178,8 @@ class Gate:
             return sql, {}
         writes = any(stmt.tag in WRITE_TAGS for _, stmt in slots)
         wanted = [(s.kind, s.value or "") for s, _ in slots]
-        real = await self._resolve(wanted, writes)
+        names = [v for k, v in wanted if k is Kind.NAME]
+        real = await self.resolve(wanted, writes, names)
         known: dict[str, str] = {}
         out = sql
         for (slot, _), (kind, value) in sorted(
@@ -215,8 +216,10 @@ class Gate:
                 continue
         if not wanted:
             return bind, {}
-        real = await self._resolve(
-            [(k, v) for _, k, v in wanted], statement.tag in WRITE_TAGS
+        real = await self.resolve(
+            [(k, v) for _, k, v in wanted],
+            statement.tag in WRITE_TAGS,
+            [v for _, k, v in wanted if k is Kind.NAME],
         )
         known: dict[str, str] = {}
         changed = False
@@ -232,9 +235,12 @@ class Gate:
                    bind.result_formats)
         return new, known
 
-    async def _resolve(
-        self, items: Sequence[tuple[Kind, str]], writes: bool
+    async def resolve(
+        self, items: Sequence[tuple[Kind, str]], writes: bool, names: Sequence[str] = ()
     ) -> dict[tuple[Kind, str], str]:
+        """The values of ``items`` (kind, value as typed): a registered token becomes its
+        value, anything else stays as typed. ``names``: the record's name values as they
+        came (tokens or typed), which a note's name tokens are resolved with."""
         engine = self.engine()
         by_kind: dict[Kind, list[str]] = {}
         for kind, value in items:
@@ -245,7 +251,7 @@ class Gate:
                 unique = list(dict.fromkeys(values))
                 if kind is Kind.TEXT:
                     for value in unique:
-                        out[(kind, value)] = await resolve_note(engine, self.store, value, ())
+                        out[(kind, value)] = await resolve_note(engine, self.store, value, names)
                     continue
                 for value, res in zip(
                     unique, await self.store.resolve(engine, kind.value, unique), strict=True

@@ -37,7 +37,7 @@ from proxy.errors import TokenProxyError
 from proxy.pg.analysis import ColumnLineage, Statement
 from proxy.pg.catalog import Catalogs, CatalogSnapshot
 from proxy.pg.codec import ProtocolError
-from proxy.pg.copyrows import CopyRowReader, UnsupportedCopyFormat
+from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
 from proxy.pg.gate import AnalysisCache, Gate, Refused
 from proxy.pg.messages import (
     Bind,
@@ -914,6 +914,7 @@ class _CopyIn:
         self.session = session
         self.statement = statement
         self.into = list(into)
+        self.name_columns = [i for i, lin in enumerate(self.into) if lin.kind is Kind.NAME]
         self.reader = CopyRowReader(
             statement.copy_format, statement.copy_delimiter, statement.copy_header,
             session.encoding or "utf-8", columns=len(self.into),
@@ -927,29 +928,34 @@ class _CopyIn:
         self.reader.finish()
         return b""
 
-    async def _resolve(self, rows: list[Any]) -> bytes:
+    async def _resolve(self, rows: list[CopyRow]) -> bytes:
         gate = self.session.gate
-        wanted: list[tuple[int, int, Kind, str]] = []
         fields_list = [list(r.fields) for r in rows]
+        plain: list[tuple[int, int, Kind, str]] = []
+        notes: list[tuple[int, int, str]] = []
         for r, row in enumerate(rows):
             if row.header:
                 continue
             for i, lin in enumerate(self.into):
-                kind = lin.kind
-                if kind is None or i >= len(fields_list[r]):
+                value = fields_list[r][i] if i < len(fields_list[r]) else None
+                if lin.kind is None or value is None:
                     continue
-                value = fields_list[r][i]
-                if value is not None:
-                    wanted.append((r, i, kind, value))
-        if wanted:
-            real = await gate._resolve([(k, v) for _, _, k, v in wanted], True)
-            for r, i, kind, value in wanted:
+                if lin.kind is Kind.TEXT:
+                    notes.append((r, i, value))
+                else:
+                    plain.append((r, i, lin.kind, value))
+        if plain:
+            real = await gate.resolve([(k, v) for _, _, k, v in plain], True)
+            for r, i, kind, value in plain:
                 fields_list[r][i] = real.get((kind, value), value)
-        out = []
-        for row, fields in zip(rows, fields_list, strict=True):
-            payload = self.reader.encode_row(fields, row.quoted)
-            out.append(CopyData(payload).encode())
-        return b"".join(out)
+        for r, i, value in notes:  # with the row's names as they came (tokens or typed)
+            names = [v for j in self.name_columns if (v := rows[r].fields[j]) is not None]
+            real = await gate.resolve([(Kind.TEXT, value)], True, names)
+            fields_list[r][i] = real.get((Kind.TEXT, value), value)
+        return b"".join(
+            CopyData(self.reader.encode_row(fields, row.quoted)).encode()
+            for row, fields in zip(rows, fields_list, strict=True)
+        )
 
 
 async def run_session(ctx: PgContext, est: Established) -> None:

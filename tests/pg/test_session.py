@@ -31,15 +31,18 @@ async def env(module_dsn: str) -> AsyncIterator[PgEnv]:
         yield e
 
 
-async def psql(dsn: str, *args: str, extra_env: dict[str, str] | None = None) -> str:
+async def psql(
+    dsn: str, *args: str, extra_env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> str:
     """Run psql in a subprocess (the proxy runs on this loop: never block it)."""
     proc = await asyncio.create_subprocess_exec(
         "psql", dsn, "-AXt", *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={"PATH": "/usr/bin:/bin", **(extra_env or {})},
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
     assert proc.returncode == 0, err.decode()
     return out.decode()
 
@@ -633,3 +636,41 @@ async def test_fast_path_calls_other_than_large_objects_are_refused(env: PgEnv) 
         assert seen[0].sqlstate == "42501"
     finally:
         writer.close()
+
+
+async def test_copy_from_stdin_stores_real_values_for_tokens(env: PgEnv) -> None:
+    """A tokenized export loaded back with \\copy FROM STDIN stores the real values."""
+    exported = await psql(
+        env.dsn, "-c", "\\copy (SELECT id + 300, full_name, notes FROM customers "
+        "WHERE id IN (1, 2)) TO STDOUT WITH (FORMAT csv)"
+    )
+    assert BY_ID[1].full_name not in exported
+    direct = await env.direct()
+    try:
+        await psql(env.dsn, "-c", "\\copy customers (id, full_name, notes) FROM STDIN "
+                   "WITH (FORMAT csv)", stdin=exported.encode())
+        stored = {r["id"]: (r["full_name"], r["notes"]) for r in await direct.fetch(
+            "SELECT id, full_name, notes FROM customers WHERE id > 300")}
+        assert stored == {
+            301: (BY_ID[1].full_name, BY_ID[1].notes),
+            302: (BY_ID[2].full_name, BY_ID[2].notes),
+        }
+    finally:
+        await direct.execute("DELETE FROM customers WHERE id > 300")
+        await direct.close()
+
+
+async def test_binary_copy_of_protected_columns_is_refused(env: PgEnv) -> None:
+    mark = env.mark()
+    conn = await env.connect()
+    try:
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await conn.copy_from_query(
+                "SELECT id, full_name FROM customers", output=lambda data: None,
+                format="binary",
+            )
+        assert info.value.sqlstate in ("0A000", "42501")
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+    env.assert_no_leak(mark)
