@@ -229,14 +229,20 @@ async def pg_env(
     *,
     connect_for: Callable[[str], Awaitable[asyncpg.Connection]] | None = None,
     seed_data: bool = True,
+    state_dsn: str | None = None,
 ) -> AsyncIterator[PgEnv]:
     """Everything above on database ``dsn`` (customers and tokenproxy's state).
-    ``connect_for``: how the catalog connects (default: to ``dsn``'s server)."""
+    ``connect_for``: how the catalog connects (default: to ``dsn``'s server);
+    ``state_dsn``: tokenproxy's state elsewhere (default: ``dsn``)."""
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_store(dsn, run_migrations=True, min_size=1, max_size=5)
+        store = await open_store(state_dsn or dsn, run_migrations=True, min_size=1, max_size=5)
         stack.push_async_callback(store.close)
         if seed_data:
-            await seed(store.pool)
+            data = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+            try:
+                await seed(data)
+            finally:
+                await data.close()
         tickets = TicketStore(store.pool, cache_ttl=0.0)
         audit = AuditLog(store.pool)
         keyring = Keyring.single(secrets.token_bytes(32))
