@@ -31,6 +31,7 @@ from proxy.pg.lineage import analyze
 from proxy.pg.messages import Bind, ErrorResponse
 from proxy.pg.refusals import (
     CANNOT_CONNECT_NOW,
+    FEATURE_NOT_SUPPORTED,
     INSUFFICIENT_PRIVILEGE,
     INVALID_PARAMETER_VALUE,
     error,
@@ -193,12 +194,22 @@ class Gate:
         return out, known
 
     async def resolve_bind(
-        self, bind: Bind, statement: Statement, param_types: Sequence[int], encoding: str
+        self, bind: Bind, statement: Statement, param_types: Sequence[int], encoding: str | None
     ) -> tuple[Bind, dict[str, str]]:
-        """``bind`` with the tokens of its slot parameters resolved."""
+        """``bind`` with the tokens of its slot parameters resolved (``encoding``: the
+        Python codec of the client encoding; None: not one tokenproxy can read)."""
         slots = [s for s in statement.slots if s.param is not None]
         if not slots:
             return bind, {}
+        if encoding is None:
+            raise Refused(
+                error(
+                    FEATURE_NOT_SUPPORTED,
+                    "parameters compared with protected columns cannot be read in this "
+                    "client encoding",
+                    hint="connect with client_encoding UTF8",
+                )
+            )
         params = list(bind.params)
         wanted: list[tuple[Slot, Kind, str]] = []
         for slot in slots:

@@ -223,7 +223,9 @@ class Session:
         self.est = est
         self.agent = est.user
         status = dict(est.parameter_status)
-        self.encoding = python_encoding(status.get("client_encoding", "UTF8")) or ""
+        # PostgreSQL's name of the client encoding: the value codecs refuse one they do not
+        # know (the result is then cut rather than passed).
+        self.encoding = status.get("client_encoding", "UTF8")
         options = parse_options(est.params.get("options", ""))
         self.gate = Gate(
             agent=est.user,
@@ -405,7 +407,7 @@ class Session:
             ticket = prepared.ticket_comment or self.gate.ticket_now()
             await self.gate.check(prepared.statement, ticket)
             bind, known = await self.gate.resolve_bind(
-                msg, prepared.statement, prepared.param_types, self.encoding or "utf-8"
+                msg, prepared.statement, prepared.param_types, python_encoding(self.encoding)
             )
             copy_in = (
                 self._copy_in(prepared.statement) if prepared.statement.copy_from_stdin else None
@@ -589,7 +591,7 @@ class Session:
 
     def _parameter(self, msg: ParameterStatus) -> None:
         if msg.name == "client_encoding":
-            self.encoding = python_encoding(msg.value) or ""
+            self.encoding = msg.value
         elif msg.name == "standard_conforming_strings":
             self.gate.standard_strings = msg.value == "on"
 
@@ -698,7 +700,7 @@ class Session:
         hit = self._plans.get(key)
         if hit is not None and hit[0] is run.statement and hit[1] is run.snapshot:
             return hit[2]
-        plan = plan_result(fields, run.outputs, run.snapshot, self.encoding or "utf-8", echo=echo)
+        plan = plan_result(fields, run.outputs, run.snapshot, self.encoding, echo=echo)
         if len(self._plans) >= _PLAN_CACHE:
             self._plans.clear()
         self._plans[key] = (run.statement, run.snapshot, plan)
@@ -786,7 +788,7 @@ class Session:
                 run.statement.copy_format,
                 run.statement.copy_delimiter,
                 run.statement.copy_header,
-                self.encoding or "utf-8",
+                self.encoding,
                 columns=len(outputs),
             )
         except UnsupportedCopyFormat as exc:
@@ -917,7 +919,7 @@ class _CopyIn:
         self.name_columns = [i for i, lin in enumerate(self.into) if lin.kind is Kind.NAME]
         self.reader = CopyRowReader(
             statement.copy_format, statement.copy_delimiter, statement.copy_header,
-            session.encoding or "utf-8", columns=len(self.into),
+            session.encoding, columns=len(self.into),
         )
 
     async def feed(self, data: bytes) -> bytes:

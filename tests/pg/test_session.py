@@ -674,3 +674,17 @@ async def test_binary_copy_of_protected_columns_is_refused(env: PgEnv) -> None:
     finally:
         await conn.close()
     env.assert_no_leak(mark)
+
+
+async def test_other_client_encoding(env: PgEnv) -> None:
+    mark = env.mark()
+    async with await psycopg.AsyncConnection.connect(env.dsn, client_encoding="LATIN1") as conn:
+        cur = await conn.execute("SELECT id, full_name FROM customers WHERE id = %s", (6,))
+        row = await cur.fetchone()
+        cur = conn.cursor(binary=True)
+        await cur.execute("SELECT full_name FROM customers WHERE id = %s", (6,))
+        binary = await cur.fetchone()
+    assert row is not None and binary is not None
+    assert row[1] != BY_ID[6].full_name and same_shape(row[1], BY_ID[6].full_name)
+    assert binary[0] == row[1]
+    env.assert_no_leak(mark)
