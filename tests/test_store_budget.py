@@ -113,6 +113,25 @@ async def test_reveals_are_committed_before_the_answer(
     assert (await verify(audit.pool, progress=False)).ok
 
 
+async def test_reveal_commits_are_synchronous_whatever_the_server_default(
+    tickets: TicketStore, audit: AuditLog, pool: asyncpg.Pool
+) -> None:
+    """The test server runs with synchronous_commit off (a crash may lose confirmed
+    commits); the reveal transaction turns it on for itself."""
+    assert await pool.fetchval("SHOW synchronous_commit") == "off"
+    await pool.execute(
+        "CREATE TABLE commit_mode (mode text);"
+        "CREATE FUNCTION note_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN INSERT INTO commit_mode VALUES (current_setting('synchronous_commit'));"
+        " RETURN NEW; END $$;"
+        "CREATE TRIGGER note_commit_mode AFTER INSERT ON audit_log"
+        " FOR EACH ROW EXECUTE FUNCTION note_commit_mode()"
+    )
+    decisions = await ask(tickets, audit, {"1"})
+    assert decisions["1"].allowed
+    assert {r["mode"] for r in await pool.fetch("SELECT mode FROM commit_mode")} == {"on"}
+
+
 async def test_denials_are_grouped_by_reason(tickets: TicketStore, audit: AuditLog) -> None:
     decisions = await ask(tickets, audit, ["1", "2", "98", "99"], agent="bob", ticket_id="T-2")
     assert reasons(decisions) == {

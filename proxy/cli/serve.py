@@ -1,4 +1,4 @@
-"""``tokenproxy serve``: run the proxy (HTTP front end and admin API) on uvloop."""
+"""``tokenproxy serve``: run the proxy (HTTP and PostgreSQL front ends, admin API) on uvloop."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from proxy.admin.runtime import Runtime, RuntimeOptions
 from proxy.cli.common import configure_logging, kek_file_option, run_async
 from proxy.config import load_config
+from proxy.http.app import tune_gc
 
 CONFIG_ENV = "TOKENPROXY_CONFIG"
 
@@ -75,6 +76,7 @@ def serve(
 
     async def main() -> int:
         runtime = await Runtime.open(options)
+        tune_gc()  # after start-up: what is loaded now is frozen out of collection
         return await runtime.run()
 
     ctx.exit(run_async(main()))

@@ -492,7 +492,8 @@ class Session:
         reader = self.est.server_reader
         while True:
             out: list[bytes] = []
-            rows: list[DataRow] = []
+            rows: list[DataRow] = []  # consecutive rows of one result: rewritten together
+            copied: list[bytes] = []  # consecutive COPY TO data: the same
             while True:
                 msg = dec.next_message()
                 if msg is None:
@@ -503,12 +504,20 @@ class Session:
                 if isinstance(msg, DataRow) and self.result is not None and not self.cutting:
                     rows.append(msg)
                     continue
+                if isinstance(msg, CopyData) and self.copy_out is not None and not self.cutting:
+                    copied.append(msg.data)
+                    continue
                 if rows:
                     out.extend(await self._rows(rows))
                     rows = []
+                if copied:
+                    out.extend(await self._copied(copied))
+                    copied = []
                 out.extend(await self.on_server(msg))
             if rows:
                 out.extend(await self._rows(rows))
+            if copied:
+                out.extend(await self._copied(copied))
             if out:
                 self.client_w.write(b"".join(out))
                 await self.client_w.drain()
@@ -516,6 +525,9 @@ class Session:
             if not data:
                 raise _Closed
             dec.feed(data)
+
+    async def _copied(self, chunks: list[bytes]) -> list[bytes]:
+        return await self._copy_out_data(CopyData(b"".join(chunks)))
 
     async def _rows(self, rows: list[DataRow]) -> list[bytes]:
         assert self.result is not None

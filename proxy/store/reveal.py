@@ -6,10 +6,12 @@ every customer whose records would be shown in clear, and reveal exactly those i
 
 - **No reveal without its audit row committed.** The ``reveal`` rows (one per customer),
   the budget counts and any ``alert`` commit in one transaction before the function returns
-  an ``allowed``. If anything fails on the way (the database is down or hangs past
-  ``timeout``, a constraint, a bug), every customer is denied ``store_unavailable``: fail
-  closed. A commit whose outcome is unknown is a denial too (an audit row for a reveal that
-  did not happen is harmless; the reverse is not).
+  an ``allowed``, with ``synchronous_commit`` on for that transaction (a server running with
+  it off would otherwise confirm a commit a crash can still lose; the soak test found it).
+  If anything fails on the way (the database is down or hangs past ``timeout``, a
+  constraint, a bug), every customer is denied ``store_unavailable``: fail closed. A
+  commit whose outcome is unknown is a denial too (an audit row for a reveal that did not
+  happen is harmless; the reverse is not).
 - **Denied justifications are recorded.** A request that cites a ticket and is refused
   for some customers writes one ``deny`` row per reason, listing those customers.
   A request that cites no ticket is simply not a reveal request: ``no_ticket`` for all,
@@ -188,6 +190,9 @@ async def _record(
     with budget denials. Returns only after the commit."""
     justified = [c for c, d in decisions.items() if d.allowed]
     async with audit.pool.acquire() as conn, conn.transaction():
+        # The commit must be durable before a reveal leaves, whatever the server's default:
+        # with synchronous_commit off, a crash loses commits already confirmed.
+        await conn.execute("SET LOCAL synchronous_commit = on")
         entries: list[AuditEntry] = []
         if justified:
             outcome = await charge(
