@@ -36,12 +36,14 @@ from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
 from proxy.pg.analysis import ColumnLineage, Statement
 from proxy.pg.catalog import Catalogs, CatalogSnapshot
-from proxy.pg.codec import ProtocolError
+from proxy.pg.codec import ProtocolError, decode_backend, decode_frontend
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
 from proxy.pg.gate import AnalysisCache, Gate, Refused
 from proxy.pg.messages import (
     Bind,
+    BindComplete,
     Close,
+    CloseComplete,
     CommandComplete,
     CopyData,
     CopyDone,
@@ -62,6 +64,7 @@ from proxy.pg.messages import (
     ParameterDescription,
     ParameterStatus,
     Parse,
+    ParseComplete,
     Passthrough,
     PortalSuspended,
     Query,
@@ -88,6 +91,15 @@ __all__ = ["PgContext", "run_session"]
 log = structlog.get_logger("tokenproxy.pg")
 
 READ_SIZE = 256 * 1024
+# Backend messages the server pump needs only the type of (shared constant instances), or
+# parses itself once per distinct frame (RowDescription, ParameterDescription).
+_FIXED: dict[bytes, Any] = {
+    m.TYPE: m
+    for m in (ParseComplete(), BindComplete(), CloseComplete(), NoData(), PortalSuspended(),
+              EmptyQueryResponse())
+}
+_FRAMED = frozenset({*_FIXED, b"T", b"t"})
+_FRAMED_ROWS = _FRAMED | {b"D"}
 _PLAN_CACHE = 256  # result plans kept per session
 REFUSED_SQL = "TOKENPROXY REFUSED THIS STATEMENT"  # a syntax error: the server rejects it
 REFUSED_NAME = "tokenproxy: refused"  # no such prepared statement or portal
@@ -253,6 +265,11 @@ class Session:
         self.client_w = est.client_writer
         self.server_w = est.server_writer
         self._plans: dict[tuple[Any, ...], tuple[Statement, Any, ResultPlan]] = {}
+        self._descriptions: dict[bytes, Any] = {}
+        self._rows_framed = False
+        est.server_decoder.passthrough = _FRAMED
+        self._parsed: dict[bytes, Any] = {}
+        est.client_decoder.passthrough = {b"P"}
 
     # ================================================================ client side
 
@@ -280,6 +297,8 @@ class Session:
 
     async def on_client(self, msg: Any) -> bytes:
         """The bytes to send upstream for one client message."""
+        if type(msg) is Passthrough:  # a Parse: clients send the same ones again and again
+            msg = self._parsed.get(msg.frame) or self._parse_frame(msg.frame)
         if isinstance(msg, Query):
             return await self._query(msg)
         if isinstance(msg, Parse):
@@ -498,8 +517,8 @@ class Session:
                 msg = dec.next_message()
                 if msg is None:
                     break
-                if type(msg) is Passthrough:  # rows of a result with nothing to rewrite
-                    out.append(msg.frame)
+                if type(msg) is Passthrough and msg.frame[:1] == b"D":
+                    out.append(msg.frame)  # a row of a result with nothing to rewrite
                     continue
                 if isinstance(msg, DataRow) and self.result is not None and not self.cutting:
                     rows.append(msg)
@@ -549,6 +568,8 @@ class Session:
         return [response.encode()]
 
     async def on_server(self, msg: Any) -> list[bytes]:
+        if type(msg) is Passthrough:
+            msg = self._typed(msg.frame)
         if not isinstance(msg, DataRow):
             self._rows_passthrough(False)
         if isinstance(msg, ReadyForQuery):
@@ -721,9 +742,32 @@ class Session:
     def _rows_passthrough(self, on: bool) -> None:
         """Let the decoder frame DataRows without parsing them (a result with nothing to
         rewrite), or parse them again."""
-        dec = self.est.server_decoder
-        if on != bool(dec.passthrough):
-            dec.passthrough = {b"D"} if on else ()
+        if on != self._rows_framed:
+            self._rows_framed = on
+            self.est.server_decoder.passthrough = _FRAMED_ROWS if on else _FRAMED
+
+    def _parse_frame(self, frame: bytes) -> Any:
+        msg = decode_frontend(frame)
+        if len(self._parsed) >= _PLAN_CACHE:
+            self._parsed.clear()
+        self._parsed[frame] = msg
+        return msg
+
+    def _typed(self, frame: bytes) -> Any:
+        """A message the decoder only framed: the constant ones are shared, a described
+        row or parameter list is parsed once per distinct frame (a prepared statement's
+        RowDescription comes back byte for byte on every Describe)."""
+        fixed = _FIXED.get(frame[:1])
+        if fixed is not None:
+            return fixed
+        cache = self._descriptions
+        msg = cache.get(frame)
+        if msg is None:
+            msg = decode_backend(frame)
+            if len(cache) >= _PLAN_CACHE:
+                cache.clear()
+            cache[frame] = msg
+        return msg
 
     def _tokens(self, run: _Run, plan: ResultPlan) -> Tokens:
         reveal = None
