@@ -120,8 +120,9 @@ async def serve_passthrough(port: int, upstream: str) -> None:
     async def forward(request: web.Request) -> web.Response:
         assert session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+        data = await request.read() if request.body_exists else None  # saves (PUT) too
         async with session.request(
-            request.method, upstream + request.raw_path, headers=headers
+            request.method, upstream + request.raw_path, headers=headers, data=data
         ) as resp:
             body = await resp.read()
             out = {k: v for k, v in resp.headers.items() if k.lower() not in hop}
