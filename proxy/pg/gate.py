@@ -117,6 +117,18 @@ class Gate:
     # ---- analysis and justification
 
     async def analyze(self, sql: str) -> tuple[Analysis, CatalogSnapshot]:
+        if not self.standard_strings:
+            # The parser reads string literals as standard_conforming_strings = on does;
+            # with it off the server would read them otherwise, and the analysis of what
+            # is code and what is a string could be steered. Fail closed.
+            raise Refused(
+                error(
+                    FEATURE_NOT_SUPPORTED,
+                    "this session has standard_conforming_strings off; tokenproxy analyses "
+                    "statements as PostgreSQL reads them with it on",
+                    hint="connect without -c standard_conforming_strings=off",
+                )
+            )
         try:
             snapshot = await self.catalog.snapshot()
         except CatalogUnavailableError:
@@ -291,11 +303,8 @@ class Gate:
         return out
 
     def _quote(self, value: str) -> str:
-        """A SQL string literal of ``value``."""
-        body = value.replace("'", "''")
-        if "\\" in value and not self.standard_strings:
-            return "E'" + body.replace("\\", "\\\\") + "'"
-        return "'" + body + "'"
+        """A SQL string literal of ``value`` (standard_conforming_strings is on: checked)."""
+        return "'" + value.replace("'", "''") + "'"
 
 
 def _format(formats: Sequence[int], index: int) -> int:

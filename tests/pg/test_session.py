@@ -688,3 +688,17 @@ async def test_other_client_encoding(env: PgEnv) -> None:
     assert row[1] != BY_ID[6].full_name and same_shape(row[1], BY_ID[6].full_name)
     assert binary[0] == row[1]
     env.assert_no_leak(mark)
+
+
+async def test_sessions_without_standard_conforming_strings_are_refused(env: PgEnv) -> None:
+    """With standard_conforming_strings off the server reads backslashes in literals where
+    the parser does not: what is code and what is a string could be steered."""
+    mark = env.mark()
+    conn = await env.connect(server_settings={"standard_conforming_strings": "off"})
+    try:
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await conn.fetch("SELECT 'a\\\\', full_name FROM customers")
+        assert info.value.sqlstate == "0A000"
+    finally:
+        await conn.close()
+    env.assert_no_leak(mark)
