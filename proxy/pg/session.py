@@ -35,7 +35,7 @@ from proxy.crypto.engine import TokenEngine
 from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
 from proxy.pg.analysis import ColumnLineage, Statement
-from proxy.pg.catalog import Catalogs, CatalogSnapshot
+from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
 from proxy.pg.codec import ProtocolError, decode_backend, decode_frontend
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
 from proxy.pg.gate import AnalysisCache, Gate, Refused
@@ -74,7 +74,7 @@ from proxy.pg.messages import (
     Terminate,
 )
 from proxy.pg.notices import scrub_fields
-from proxy.pg.refusals import INSUFFICIENT_PRIVILEGE, error
+from proxy.pg.refusals import CANNOT_CONNECT_NOW, INSUFFICIENT_PRIVILEGE, error
 from proxy.pg.results import ResultCut, ResultPlan, RowRewriter, Tokens, plan_result, tokens_of
 from proxy.pg.startup import Established
 from proxy.pg.values import parse_options, python_encoding
@@ -591,7 +591,7 @@ class Session:
         if head is not None and head.kind == "execute" and not head.planned:
             head.planned = True
             if not isinstance(msg, ErrorResponse):
-                cut = self._plan_execute(head)
+                cut = await self._plan_execute(head)
                 if cut:
                     return cut
         if isinstance(msg, DataRow):
@@ -687,7 +687,7 @@ class Session:
             return [msg.wire()]
         raise ProtocolError(f"unexpected {type(msg).__name__} answering an Execute")
 
-    def _plan_execute(self, head: _Expect) -> list[bytes]:
+    async def _plan_execute(self, head: _Expect) -> list[bytes]:
         """Plan the rows an Execute is about to return (its portal's description)."""
         portal = head.portal
         assert portal is not None and head.run is not None
@@ -699,9 +699,9 @@ class Session:
             return self._cut(
                 error(INSUFFICIENT_PRIVILEGE, "the rows of this portal could not be described")
             )
-        return self.start_rows(head.run, fields)
+        return await self.start_rows(head.run, fields)
 
-    def start_rows(self, run: _Run, fields: Sequence[FieldDescription]) -> list[bytes]:
+    async def start_rows(self, run: _Run, fields: Sequence[FieldDescription]) -> list[bytes]:
         """Plan the rows of a result; a plan that cannot be made cuts the result."""
         if run.undeclared:
             self.result = None
@@ -714,7 +714,7 @@ class Session:
                 )
             )
         try:
-            plan = self._plan(run, tuple(fields))
+            plan = self._cached_plan(run, tuple(fields)) or await self._plan(run, tuple(fields))
         except ResultCut as cut:
             return self._cut(cut.response)
         if plan.passthrough:
@@ -724,16 +724,43 @@ class Session:
             self.result = RowRewriter(plan, self._tokens(run, plan))
         return []
 
-    def _plan(self, run: _Run, fields: tuple[FieldDescription, ...]) -> ResultPlan:
-        """The plan of ``run``'s rows, cached per statement (a prepared statement executed
-        again is not planned again)."""
-        echo = bool(run.known)
-        key = (id(run.statement), id(run.outputs), id(run.snapshot), fields, self.encoding,
-               echo)
-        hit = self._plans.get(key)
+    def _plan_key(self, run: _Run, fields: tuple[FieldDescription, ...]) -> tuple[Any, ...]:
+        return (id(run.statement), id(run.outputs), id(run.snapshot), fields, self.encoding,
+                bool(run.known))
+
+    def _cached_plan(self, run: _Run, fields: tuple[FieldDescription, ...]) -> ResultPlan | None:
+        """The plan of ``run``'s rows if made before (a prepared statement executed again
+        is not planned again)."""
+        hit = self._plans.get(self._plan_key(run, fields))
         if hit is not None and hit[0] is run.statement and hit[1] is run.snapshot:
             return hit[2]
-        plan = plan_result(fields, run.outputs, run.snapshot, self.encoding, echo=echo)
+        return None
+
+    async def _plan(self, run: _Run, fields: tuple[FieldDescription, ...]) -> ResultPlan:
+        """Plan ``run``'s rows. A column of a relation the catalog does not know (created
+        since it was read, or in this very transaction, where the catalog cannot see it)
+        makes the catalog reload; still unknown, the result is cut: its lineage is not
+        known, so its values cannot be let through."""
+        key = self._plan_key(run, fields)
+        snapshot = run.snapshot
+        if snapshot is not None and _unknown_columns(snapshot, fields):
+            self.gate.catalog.invalidate()
+            try:
+                snapshot = await self.gate.catalog.snapshot()
+            except CatalogUnavailableError:
+                raise ResultCut(
+                    error(CANNOT_CONNECT_NOW, "the upstream catalog cannot be read; try again")
+                ) from None
+            if _unknown_columns(snapshot, fields):
+                raise ResultCut(
+                    error(
+                        INSUFFICIENT_PRIVILEGE,
+                        "a result column comes from a relation tokenproxy's catalog does not "
+                        "know (created in this transaction?), so its lineage cannot be checked",
+                        hint="commit the schema change, then run the query again",
+                    )
+                )
+        plan = plan_result(fields, run.outputs, snapshot, self.encoding, echo=bool(run.known))
         if len(self._plans) >= _PLAN_CACHE:
             self._plans.clear()
         self._plans[key] = (run.statement, run.snapshot, plan)
@@ -796,7 +823,7 @@ class Session:
         if isinstance(msg, RowDescription):
             if run is None:
                 raise ProtocolError("a RowDescription for no statement")
-            cut = self.start_rows(run, msg.fields)
+            cut = await self.start_rows(run, msg.fields)
             return cut or [msg.wire()]
         if isinstance(msg, CommandComplete | EmptyQueryResponse):
             self.result = None
@@ -892,6 +919,14 @@ class Session:
                     await task
             log.info("pg.session_end", agent=self.agent,
                      seconds=round(time.monotonic() - started, 3))
+
+
+def _unknown_columns(snapshot: CatalogSnapshot, fields: Sequence[FieldDescription]) -> bool:
+    """Whether a field names a table column the snapshot does not know."""
+    return any(
+        f.table_oid and f.column_attr > 0 and snapshot.column(f.table_oid, f.column_attr) is None
+        for f in fields
+    )
 
 
 def _touches(run: _Run) -> bool:

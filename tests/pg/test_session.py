@@ -702,3 +702,26 @@ async def test_sessions_without_standard_conforming_strings_are_refused(env: PgE
     finally:
         await conn.close()
     env.assert_no_leak(mark)
+
+
+async def test_a_view_created_in_the_same_text_is_not_a_way_around(env: PgEnv) -> None:
+    """The analysis of a text runs before its DDL does: a view made and read in one go is
+    unknown to it. The RowDescription names the new view; the catalog reloads, cannot see
+    it (uncommitted), and the result is cut."""
+    mark = env.mark()
+    conn = await env.connect()
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch(
+                "CREATE TEMP VIEW sneaky AS SELECT id, upper(full_name) AS n FROM customers;"
+                " SELECT n FROM sneaky"
+            )
+        async with conn.transaction():
+            await conn.execute(
+                "CREATE TEMP VIEW sneaky2 AS SELECT id, full_name || '' AS n FROM customers"
+            )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetch("SELECT n FROM sneaky2")
+    finally:
+        await conn.close()
+    env.assert_no_leak(mark)
