@@ -13,7 +13,7 @@ into memory here and is flushed by the caller before any token leaves (see ``pro
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.crypto.keyring import Keyring
@@ -68,6 +68,9 @@ class TokenEngine:
         self._tokenizers = dict(tokenizers)
         self._cache: OrderedDict[tuple[str, str], Tokenized] = OrderedDict()
         self._cache_size = cache_size
+        # The same cache as plain value -> token maps per kind, for front ends that look
+        # up many values in a tight loop (kept in step with _cache: same entries).
+        self._by_kind: dict[str, dict[str, str]] = {}
 
     @classmethod
     def standard(
@@ -119,8 +122,11 @@ class TokenEngine:
 
         A cached token was recorded when it was issued: a front end may send it without
         going through the store again."""
-        cached = self._cache.get((kind, value))
-        return None if cached is None else cached.token
+        return self._by_kind.get(kind, {}).get(value)
+
+    def token_lookup(self, kind: str) -> Callable[[str], str | None]:
+        """`cached_token` for one kind, as a bound ``dict.get`` (for tight loops)."""
+        return self._by_kind.setdefault(kind, {}).get
 
     def tokenize_many(self, kind: str, values: Sequence[str]) -> list[str]:
         """Tokens of many values of one kind (the tokenizer batches FF1 where it can)."""
@@ -207,6 +213,7 @@ class TokenEngine:
     def forget(self, kind: str, value: str) -> None:
         """Drop a cached token (the vault lost a race to another proxy and took its token)."""
         self._cache.pop((kind, value), None)
+        self._by_kind.get(kind, {}).pop(value, None)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -218,5 +225,7 @@ class TokenEngine:
 
     def _remember(self, key: tuple[str, str], result: Tokenized) -> None:
         self._cache[key] = result
+        self._by_kind.setdefault(key[0], {})[key[1]] = result.token
         if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+            (kind, value), _ = self._cache.popitem(last=False)
+            self._by_kind[kind].pop(value, None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.crypto.engine import TokenEngine
 from proxy.crypto.tokens import Kind
@@ -178,11 +179,93 @@ class RowRewriter:
             self._fast = [(c.index, c.kind.value, c.codec) for c in plan.columns
                           if c.kind is not None and c.codec is not None]
 
+    @property
+    def framed(self) -> bool:
+        """Whether rows may come as raw DataRow frames (`rewrite_frames`)."""
+        return self._fast is not None
+
     async def rewrite(self, rows: Sequence[DataRow]) -> list[bytes]:
         """The rows' new wire bytes, in order; raises ResultCut to end the result."""
         if self._fast is not None:
             return await self._rewrite_fast(rows)
         return await self._rewrite(rows)
+
+    async def rewrite_frames(self, frames: Sequence[bytes]) -> list[bytes]:
+        """`rewrite` for raw DataRow frames (plain columns only): each protected value is
+        found by walking the column lengths and replaced in a copy of the frame, which is
+        rebuilt only when a token's encoding is not as long as its value's. A frame whose
+        lengths do not add up cuts the result (never forwarded as it came)."""
+        self.rows += len(frames)
+        fast = self._fast
+        assert fast is not None
+        engine = self.tokens.engine
+        last = max(i for i, _, _ in fast)
+        protected = {i: (kind, codec, engine.token_lookup(kind)) for i, kind, codec in fast}
+        i32 = _I32_FROM
+        # Per frame: [(start, stop, replacement bytes or None until resolved)]
+        patches: list[list[list[Any]]] = []
+        rebuild: list[bool] = []  # a replacement of another length: the frame is rebuilt
+        misses: list[tuple[list[Any], str, str, ValueCodec]] = []
+        try:
+            for frame in frames:
+                (count,) = _U16_FROM(frame, 5)
+                if count <= last:
+                    raise ValueError("fewer columns than the result's description")
+                p = 7
+                mine: list[list[Any]] = []
+                resized = False
+                for i in range(last + 1):
+                    (size,) = i32(frame, p)
+                    p += 4
+                    if size < 0:
+                        continue
+                    stop = p + size
+                    target = protected.get(i)
+                    if target is not None:
+                        if stop > len(frame):
+                            raise ValueError("a column runs past its frame")
+                        kind, codec, lookup = target
+                        text = codec.decode(frame[p:stop])
+                        token = lookup(text)
+                        if token is None:
+                            patch = [p, stop, None]
+                            misses.append((patch, kind, text, codec))
+                            resized = True  # not known yet: checked when assembled
+                        else:
+                            new = codec.encode(token)
+                            resized = resized or len(new) != size
+                            patch = [p, stop, new]
+                        mine.append(patch)
+                    p = stop
+                patches.append(mine)
+                rebuild.append(resized)
+            if misses:
+                await self._resolve_misses(misses)
+        except (ValueError, struct.error, TokenProxyError):
+            raise ResultCut(_unreadable(self.plan.columns[0].name)) from None
+        out: list[bytes] = []
+        for frame, mine, resized in zip(frames, patches, rebuild, strict=True):
+            if not mine:
+                out.append(frame)
+            elif resized and any(stop - start != len(new) for start, stop, new in mine):
+                out.append(_splice(frame, mine))
+            else:
+                buf = bytearray(frame)
+                for start, stop, new in mine:
+                    buf[start:stop] = new
+                out.append(bytes(buf))
+        return out
+
+    async def _resolve_misses(self, misses: list[tuple[list[Any], str, str, ValueCodec]]) -> None:
+        by_kind: dict[str, list[str]] = {}
+        for _, kind, text, _ in misses:
+            by_kind.setdefault(kind, []).append(text)
+        tokens: dict[tuple[str, str], str] = {}
+        for kind, texts in by_kind.items():
+            mapping = await tokens_of(self.tokens.engine, self.tokens.store, Kind(kind), texts)
+            tokens.update(((kind, t), tok) for t, tok in mapping.items())
+        for patch, kind, text, codec in misses:
+            patch[2] = codec.encode(tokens[(kind, text)])
 
     async def _rewrite_fast(self, rows: Sequence[DataRow]) -> list[bytes]:
         """Plain columns only: values the engine has cached are swapped in place; the rest
@@ -355,6 +438,40 @@ _PACK_I32 = struct.Struct("!i").pack
 _ROW_HEADER = struct.Struct("!ciH").pack
 _NULL = _PACK_I32(-1)
 _LENGTHS = [_PACK_I32(n) for n in range(4096)]
+
+
+_I32_FROM = struct.Struct("!i").unpack_from
+_U16_FROM = struct.Struct("!H").unpack_from
+
+
+def _splice(frame: bytes, patches: list[list[Any]]) -> bytes:
+    """``frame`` with the values at the patches' spans replaced (lengths rewritten)."""
+    columns = list(_columns(frame))
+    spans = {start: new for start, _, new in patches}
+    p = 7
+    for i, value in enumerate(columns):
+        p += 4
+        if value is None:
+            continue
+        if p in spans:
+            columns[i] = spans[p]
+        p += len(value)
+    return _encode_row(columns)
+
+
+def _columns(frame: bytes) -> list[bytes | None]:
+    (count,) = _U16_FROM(frame, 5)
+    p = 7
+    out: list[bytes | None] = []
+    for _ in range(count):
+        (size,) = _I32_FROM(frame, p)
+        p += 4
+        if size < 0:
+            out.append(None)
+            continue
+        out.append(frame[p : p + size])
+        p += size
+    return out
 
 
 def _encode_row(columns: list[bytes | None]) -> bytes:

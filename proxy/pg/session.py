@@ -512,13 +512,17 @@ class Session:
         while True:
             out: list[bytes] = []
             rows: list[DataRow] = []  # consecutive rows of one result: rewritten together
+            frames: list[bytes] = []  # the same, framed only (plain columns)
             copied: list[bytes] = []  # consecutive COPY TO data: the same
             while True:
                 msg = dec.next_message()
                 if msg is None:
                     break
                 if type(msg) is Passthrough and msg.frame[:1] == b"D":
-                    out.append(msg.frame)  # a row of a result with nothing to rewrite
+                    if self.result is not None and not self.cutting:
+                        frames.append(msg.frame)  # a row to rewrite, as framed
+                    elif not self.cutting:
+                        out.append(msg.frame)  # a row of a result with nothing to rewrite
                     continue
                 if isinstance(msg, DataRow) and self.result is not None and not self.cutting:
                     rows.append(msg)
@@ -529,12 +533,17 @@ class Session:
                 if rows:
                     out.extend(await self._rows(rows))
                     rows = []
+                if frames:
+                    out.extend(await self._frames(frames))
+                    frames = []
                 if copied:
                     out.extend(await self._copied(copied))
                     copied = []
                 out.extend(await self.on_server(msg))
             if rows:
                 out.extend(await self._rows(rows))
+            if frames:
+                out.extend(await self._frames(frames))
             if copied:
                 out.extend(await self._copied(copied))
             if out:
@@ -544,6 +553,13 @@ class Session:
             if not data:
                 raise _Closed
             dec.feed(data)
+
+    async def _frames(self, frames: list[bytes]) -> list[bytes]:
+        assert self.result is not None
+        try:
+            return await self.result.rewrite_frames(frames)
+        except ResultCut as cut:
+            return self._cut(cut.response)
 
     async def _copied(self, chunks: list[bytes]) -> list[bytes]:
         return await self._copy_out_data(CopyData(b"".join(chunks)))
@@ -722,6 +738,7 @@ class Session:
             self._rows_passthrough(True)
         else:
             self.result = RowRewriter(plan, self._tokens(run, plan))
+            self._rows_passthrough(self.result.framed)  # plain columns: rewritten as framed
         return []
 
     def _plan_key(self, run: _Run, fields: tuple[FieldDescription, ...]) -> tuple[Any, ...]:
