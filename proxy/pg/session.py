@@ -98,7 +98,10 @@ _FIXED: dict[bytes, Any] = {
     for m in (ParseComplete(), BindComplete(), CloseComplete(), NoData(), PortalSuspended(),
               EmptyQueryResponse())
 }
-_FRAMED = frozenset({*_FIXED, b"T", b"t"})
+_FRAMED = frozenset({*_FIXED, b"T", b"t", b"C", b"Z"})
+# Frontend messages that come back byte for byte (a prepared statement's Parse, Describe,
+# Execute, Sync): framed only, then decoded once per distinct frame.
+_CLIENT_FRAMED = frozenset({b"P", b"D", b"E", b"S", b"H", b"C"})
 _FRAMED_ROWS = _FRAMED | {b"D"}
 _PLAN_CACHE = 256  # result plans kept per session
 REFUSED_SQL = "TOKENPROXY REFUSED THIS STATEMENT"  # a syntax error: the server rejects it
@@ -269,7 +272,7 @@ class Session:
         self._rows_framed = False
         est.server_decoder.passthrough = _FRAMED
         self._parsed: dict[bytes, Any] = {}
-        est.client_decoder.passthrough = {b"P"}
+        est.client_decoder.passthrough = _CLIENT_FRAMED
 
     # ================================================================ client side
 
@@ -297,7 +300,7 @@ class Session:
 
     async def on_client(self, msg: Any) -> bytes:
         """The bytes to send upstream for one client message."""
-        if type(msg) is Passthrough:  # a Parse: clients send the same ones again and again
+        if type(msg) is Passthrough:  # clients send the same ones again and again
             msg = self._parsed.get(msg.frame) or self._parse_frame(msg.frame)
         if isinstance(msg, Query):
             return await self._query(msg)
@@ -798,9 +801,9 @@ class Session:
         return msg
 
     def _typed(self, frame: bytes) -> Any:
-        """A message the decoder only framed: the constant ones are shared, a described
-        row or parameter list is parsed once per distinct frame (a prepared statement's
-        RowDescription comes back byte for byte on every Describe)."""
+        """A message the decoder only framed: the constant ones are shared, the others
+        (RowDescription, ParameterDescription, CommandComplete, ReadyForQuery) parsed once
+        per distinct frame (a prepared statement's come back byte for byte each time)."""
         fixed = _FIXED.get(frame[:1])
         if fixed is not None:
             return fixed
