@@ -79,8 +79,12 @@ _SIDE_EFFECT_FUNCTIONS = frozenset(
     }
 )
 # Relations that expose values (statistics) or statement text (which holds resolved values).
+# pg_statistic_ext itself holds only the definitions of extended statistics (psql's \d
+# reads it); their values are in pg_statistic_ext_data.
 _REFUSED_RELATIONS = frozenset(
     {
+        "pg_statistic",
+        "pg_statistic_ext_data",
         "pg_stats",
         "pg_stats_ext",
         "pg_stats_ext_exprs",
@@ -89,7 +93,7 @@ _REFUSED_RELATIONS = frozenset(
         "pg_cursors",
     }
 )
-_REFUSED_RELATION_PREFIXES = ("pg_statistic", "pg_stat_statements")
+_REFUSED_RELATION_PREFIXES = ("pg_stat_statements",)
 
 _PLAIN_CASTS = frozenset({"text", "varchar"})
 _ID_CASTS = frozenset({"text", "varchar", "int2", "int4", "int8", "numeric", "uuid"})

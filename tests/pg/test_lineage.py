@@ -110,6 +110,7 @@ def kinds(st_: Statement) -> set[ProblemKind]:
 
 CLEAR = [
     "SELECT id, email FROM customers WHERE phone = $1",
+    "SELECT stxname, stxkeys FROM pg_catalog.pg_statistic_ext",  # definitions (psql's \\d)
     "SELECT id, email FROM customers WHERE full_name = 'Budi'",
     "SELECT id FROM customers WHERE full_name IN ('a', 'b') AND phone IS NOT NULL",
     "SELECT id FROM customers WHERE full_name = ANY($1)",
@@ -378,6 +379,7 @@ REFUSED = [
     "SELECT * FROM pg_catalog.pg_stats_ext",
     "SELECT * FROM pg_stats_ext_exprs",
     "SELECT * FROM pg_statistic",
+    "SELECT stxdndistinct FROM pg_catalog.pg_statistic_ext_data",
     "SELECT query FROM pg_stat_activity",
     "SELECT query FROM pg_stat_statements",
     "SELECT statement FROM pg_prepared_statements",

@@ -725,3 +725,10 @@ async def test_a_view_created_in_the_same_text_is_not_a_way_around(env: PgEnv) -
     finally:
         await conn.close()
     env.assert_no_leak(mark)
+
+
+async def test_psql_describe_commands_work(env: PgEnv) -> None:
+    """psql's \\d reads the catalog (and the definitions in pg_statistic_ext)."""
+    out = await psql(env.dsn, "-c", "\\d customers")
+    assert "full_name" in out and "phone" in out
+    assert "customers" in await psql(env.dsn, "-c", "\\dt")
