@@ -773,6 +773,7 @@ class _Decoder(Generic[_T]):
                 max_message_size if high is None else min(high, max_message_size)
             )
         self._base_parsers = list(self._parsers)
+        self._tables: dict[frozenset[bytes], list[_Parser]] = {}
         self._passthrough: frozenset[bytes] = frozenset()
         self._data_rows = self._parsers[0x44] is _parse_data_row
 
@@ -820,18 +821,26 @@ class _Decoder(Generic[_T]):
 
     @passthrough.setter
     def passthrough(self, types: Iterable[bytes]) -> None:
-        chosen = frozenset(types)
-        for type_byte in chosen:
-            if not isinstance(type_byte, bytes) or len(type_byte) != 1:
-                raise CodecStateError(f"a message type is one byte, not {type_byte!r}")
+        chosen = types if isinstance(types, frozenset) else frozenset(types)
+        if chosen == self._passthrough:
+            return
+        if chosen not in self._tables:
+            for type_byte in chosen:
+                if not isinstance(type_byte, bytes) or len(type_byte) != 1:
+                    raise CodecStateError(f"a message type is one byte, not {type_byte!r}")
         self._passthrough = chosen
         self._rebuild_parsers()
 
     def _rebuild_parsers(self) -> None:
-        self._parsers = list(self._base_parsers)
-        for type_byte in self._passthrough:
-            self._parsers[type_byte[0]] = _parse_passthrough
-        self._data_rows = self._parsers[0x44] is _parse_data_row
+        # A session switches between a few sets, result after result: tables are kept.
+        table = self._tables.get(self._passthrough)
+        if table is None:
+            table = list(self._base_parsers)
+            for type_byte in self._passthrough:
+                table[type_byte[0]] = _parse_passthrough
+            self._tables[self._passthrough] = table
+        self._parsers = table
+        self._data_rows = table[0x44] is _parse_data_row
 
     @property
     def broken(self) -> bool:
@@ -978,6 +987,7 @@ class FrontendDecoder(_Decoder[FrontendMessage]):
         `PasswordLike` for None."""
         self._auth_kind = kind
         self._base_parsers[0x70] = _AUTH_PARSERS[kind]
+        self._tables.clear()
         self._rebuild_parsers()
 
     @property

@@ -267,7 +267,7 @@ class Session:
         self.copy_refused: ErrorResponse | None = None  # COPY FROM data refused: drop the rest
         self.client_w = est.client_writer
         self.server_w = est.server_writer
-        self._plans: dict[tuple[Any, ...], tuple[Statement, Any, ResultPlan]] = {}
+        self._plans: dict[tuple[Any, ...], tuple[Statement, Any, Any, ResultPlan]] = {}
         self._descriptions: dict[bytes, Any] = {}
         self._rows_framed = False
         est.server_decoder.passthrough = _FRAMED
@@ -733,7 +733,8 @@ class Session:
                 )
             )
         try:
-            plan = self._cached_plan(run, tuple(fields)) or await self._plan(run, tuple(fields))
+            fields = tuple(fields)  # a tuple already: the same object, kept by identity
+            plan = self._cached_plan(run, fields) or await self._plan(run, fields)
         except ResultCut as cut:
             return self._cut(cut.response)
         if plan.passthrough:
@@ -745,15 +746,22 @@ class Session:
         return []
 
     def _plan_key(self, run: _Run, fields: tuple[FieldDescription, ...]) -> tuple[Any, ...]:
-        return (id(run.statement), id(run.outputs), id(run.snapshot), fields, self.encoding,
+        # By identity: a prepared statement's fields, or a RowDescription decoded once per
+        # distinct frame, are the same objects each time; the hit is checked to be them.
+        return (id(run.statement), id(run.outputs), id(run.snapshot), id(fields), self.encoding,
                 bool(run.known))
 
     def _cached_plan(self, run: _Run, fields: tuple[FieldDescription, ...]) -> ResultPlan | None:
         """The plan of ``run``'s rows if made before (a prepared statement executed again
         is not planned again)."""
         hit = self._plans.get(self._plan_key(run, fields))
-        if hit is not None and hit[0] is run.statement and hit[1] is run.snapshot:
-            return hit[2]
+        if (
+            hit is not None
+            and hit[0] is run.statement
+            and hit[1] is run.snapshot
+            and hit[2] is fields
+        ):
+            return hit[3]
         return None
 
     async def _plan(self, run: _Run, fields: tuple[FieldDescription, ...]) -> ResultPlan:
@@ -783,7 +791,7 @@ class Session:
         plan = plan_result(fields, run.outputs, snapshot, self.encoding, echo=bool(run.known))
         if len(self._plans) >= _PLAN_CACHE:
             self._plans.clear()
-        self._plans[key] = (run.statement, run.snapshot, plan)
+        self._plans[key] = (run.statement, run.snapshot, fields, plan)
         return plan
 
     def _rows_passthrough(self, on: bool) -> None:
