@@ -66,8 +66,9 @@ USER tokenproxy:tokenproxy
 WORKDIR /var/lib/tokenproxy
 VOLUME ["/keys"]
 
-# 8080: the HTTP front end (http.listen); 8081: the admin API (admin.listen).
-EXPOSE 8080 8081
+# 8080: the HTTP front end (http.listen); 8081: the admin API (admin.listen);
+# 6432: the PostgreSQL front end (pg.listen, with [pg] enabled = true).
+EXPOSE 8080 8081 6432
 
 # tokenproxy is PID 1 (exec form, no shell): SIGTERM reaches it and drains (requests in
 # flight finish, queued tokens are written); SIGHUP reloads the keyring and the policy.
