@@ -38,7 +38,7 @@ from proxy.pg.analysis import ColumnLineage, Statement
 from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
 from proxy.pg.codec import ProtocolError, decode_backend, decode_frontend
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
-from proxy.pg.gate import AnalysisCache, Gate, Refused
+from proxy.pg.gate import WRITE_TAGS, AnalysisCache, Gate, Refused
 from proxy.pg.messages import (
     Bind,
     BindComplete,
@@ -958,8 +958,9 @@ def _unknown_columns(snapshot: CatalogSnapshot, fields: Sequence[FieldDescriptio
 
 
 def _touches(run: _Run) -> bool:
+    """Whether the statement may touch protected data (its errors are scrubbed harder)."""
     s = run.statement
-    if s.slots or s.problems or s.tag in ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY"):
+    if s.slots or s.problems or s.tag in WRITE_TAGS:
         return True
     outputs = run.outputs or ()
     return any(o.protected for o in outputs)
