@@ -187,6 +187,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool without asyncpg's reset query.
+
+    asyncpg still rolls back an open transaction and drops the client-side listeners
+    before this runs; its default would then send ``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`` on every release: one more round trip for each of the dozen
+    small queries a request with new tokens makes. The store leaves no session state to
+    reset: settings are only ever ``SET LOCAL``, the migration lock is released by the code
+    that takes it, the tickets listener removes its LISTEN before the release.
+    """
+
+
 async def connect_pool(
     dsn: str | None,
     *,
@@ -215,6 +227,7 @@ async def connect_pool(
                 timeout=timeout,
                 command_timeout=command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
             ),
             timeout=timeout * 2,
         )
