@@ -46,7 +46,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NoReturn
 
 import structlog
 
@@ -603,6 +603,19 @@ class _Handshake:
         assert writer is not None
         await writer.drain()
 
+    async def relay_error(self, message: ErrorResponse, event: str) -> NoReturn:
+        """Pass the server's refusal (wrong password, no such database...) on, and end."""
+        self.client.write(message.wire())
+        log.info(
+            event,
+            peer=self.peer,
+            user=self.user,
+            database=self.database,
+            sqlstate=message.sqlstate,
+        )
+        await self.flush_client()
+        raise _Ended
+
     # ---- server side
 
     async def next_server_message(self) -> BackendMessage:
@@ -747,16 +760,7 @@ class _Handshake:
                         "authentication method tokenproxy does not relay",
                     )
                 case ErrorResponse():
-                    client.write(message.wire())
-                    log.info(
-                        "pg.auth_failed",
-                        peer=self.peer,
-                        user=self.user,
-                        database=self.database,
-                        sqlstate=message.sqlstate,
-                    )
-                    await self.flush_client()
-                    raise _Ended
+                    await self.relay_error(message, "pg.auth_failed")
                 case _:
                     raise _fatal(
                         "08P01",
@@ -831,16 +835,7 @@ class _Handshake:
                     ready = message
                     break
                 case ErrorResponse():
-                    client.write(message.wire())
-                    log.info(
-                        "pg.startup_refused",
-                        peer=self.peer,
-                        user=self.user,
-                        database=self.database,
-                        sqlstate=message.sqlstate,
-                    )
-                    await self.flush_client()
-                    raise _Ended
+                    await self.relay_error(message, "pg.startup_refused")
                 case _:
                     raise _fatal(
                         "08P01",
