@@ -732,3 +732,26 @@ async def test_psql_describe_commands_work(env: PgEnv) -> None:
     out = await psql(env.dsn, "-c", "\\d customers")
     assert "full_name" in out and "phone" in out
     assert "customers" in await psql(env.dsn, "-c", "\\dt")
+
+
+async def test_an_unknown_message_mid_session_ends_it_with_a_protocol_error(env: PgEnv) -> None:
+    from proxy.pg.codec import BackendDecoder
+    from proxy.pg.messages import StartupMessage
+
+    reader, writer = await asyncio.open_connection(*env.tap_address)
+    try:
+        writer.write(StartupMessage({"user": AGENT, "database": env.database}).encode())
+        dec = BackendDecoder()
+        seen: list[Any] = []
+        while not any(type(m).__name__ == "ReadyForQuery" for m in seen):
+            dec.feed(await asyncio.wait_for(reader.read(65536), 10))
+            seen += list(dec.messages())
+        writer.write(b"z\x00\x00\x00\x04")  # no such frontend message
+        seen = []
+        while data := await asyncio.wait_for(reader.read(65536), 10):
+            dec.feed(data)
+            seen += list(dec.messages())
+        errors = [m for m in seen if type(m).__name__ == "ErrorResponse"]
+        assert errors and errors[0].sqlstate == "08P01"
+    finally:
+        writer.close()
