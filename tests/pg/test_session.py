@@ -7,6 +7,7 @@ seeded names and phones: a value may reach a client only in clear for a ticket's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,16 @@ from sqlalchemy import Integer, String, create_engine, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from proxy.crypto.tokens import Kind
+from proxy.pg.codec import BackendDecoder
+from proxy.pg.messages import (
+    Bind,
+    ErrorResponse,
+    Execute,
+    FunctionCall,
+    ReadyForQuery,
+    StartupMessage,
+    Sync,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,6 +56,46 @@ async def psql(
     out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
     assert proc.returncode == 0, err.decode()
     return out.decode()
+
+
+class RawSession:
+    """A client speaking the protocol by hand (for messages no driver sends)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = BackendDecoder()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, env: PgEnv) -> AsyncIterator[RawSession]:
+        """Connected and past start-up (the first ReadyForQuery read)."""
+        reader, writer = await asyncio.open_connection(*env.tap_address)
+        raw = cls(reader, writer)
+        try:
+            raw.send(StartupMessage({"user": AGENT, "database": env.database}).encode())
+            await raw.until_ready()
+            yield raw
+        finally:
+            writer.close()
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def until_ready(self) -> list[Any]:
+        """The messages up to and including the next ReadyForQuery."""
+        seen: list[Any] = []
+        while not any(isinstance(m, ReadyForQuery) for m in seen):
+            self.decoder.feed(await asyncio.wait_for(self.reader.read(65536), 10))
+            seen += list(self.decoder.messages())
+        return seen
+
+    async def until_closed(self) -> list[Any]:
+        """The messages up to the server closing the connection."""
+        seen: list[Any] = []
+        while data := await asyncio.wait_for(self.reader.read(65536), 10):
+            self.decoder.feed(data)
+            seen += list(self.decoder.messages())
+        return seen
 
 
 def same_shape(token: str, value: str) -> bool:
@@ -345,11 +396,11 @@ async def test_set_and_startup_ticket(env: PgEnv) -> None:
     sql = "SELECT id, full_name FROM customers WHERE id = 3"
     conn = await env.connect()
     try:
-        assert (await conn.fetchrow(sql))["full_name"] != BY_ID[3].full_name  # type: ignore[index]
+        assert await conn.fetchval(sql, column=1) != BY_ID[3].full_name
         await conn.execute(f"SET tokenproxy.ticket = '{ticket}'")
-        assert (await conn.fetchrow(sql))["full_name"] == BY_ID[3].full_name  # type: ignore[index]
+        assert await conn.fetchval(sql, column=1) == BY_ID[3].full_name
         await conn.execute("RESET tokenproxy.ticket")
-        assert (await conn.fetchrow(sql))["full_name"] != BY_ID[3].full_name  # type: ignore[index]
+        assert await conn.fetchval(sql, column=1) != BY_ID[3].full_name
         # Without the customer id in the result, no row can be attributed: tokens.
         await conn.execute(f"SET tokenproxy.ticket = '{ticket}'")
         assert await conn.fetchval("SELECT full_name FROM customers WHERE id = 3") != (
@@ -566,26 +617,10 @@ async def test_token_echo_in_an_error_is_put_back(env: PgEnv) -> None:
 async def test_unknown_prepared_statement_and_portal_are_refused(env: PgEnv) -> None:
     """A Bind of a statement never parsed through tokenproxy never reaches the server."""
     mark = env.mark()
-    reader, writer = await asyncio.open_connection(*env.tap_address)
-    try:
-        from proxy.pg.codec import BackendDecoder
-        from proxy.pg.messages import Bind, Execute, StartupMessage, Sync
-
-        writer.write(StartupMessage({"user": AGENT, "database": env.database}).encode())
-        dec = BackendDecoder()
-        while True:
-            dec.feed(await asyncio.wait_for(reader.read(65536), 10))
-            types = [type(m).__name__ for m in dec.messages()]
-            if "ReadyForQuery" in types:
-                break
-        writer.write(Bind("", "never_parsed").encode() + Execute("").encode() + Sync().encode())
-        seen: list[str] = []
-        while "ReadyForQuery" not in seen:
-            dec.feed(await asyncio.wait_for(reader.read(65536), 10))
-            seen += [type(m).__name__ for m in dec.messages()]
-        assert seen == ["ErrorResponse", "ReadyForQuery"]
-    finally:
-        writer.close()
+    async with RawSession.open(env) as raw:
+        raw.send(Bind("", "never_parsed").encode() + Execute("").encode() + Sync().encode())
+        seen = await raw.until_ready()
+    assert [type(m).__name__ for m in seen] == ["ErrorResponse", "ReadyForQuery"]
     env.assert_no_leak(mark)
 
 
@@ -615,27 +650,12 @@ async def test_large_objects_through_psql_fast_path(env: PgEnv, tmp_path: Path) 
 
 
 async def test_fast_path_calls_other_than_large_objects_are_refused(env: PgEnv) -> None:
-    from proxy.pg.codec import BackendDecoder
-    from proxy.pg.messages import FunctionCall, StartupMessage
-
-    reader, writer = await asyncio.open_connection(*env.tap_address)
-    try:
-        writer.write(StartupMessage({"user": AGENT, "database": env.database}).encode())
-        dec = BackendDecoder()
-        seen: list[Any] = []
-        while not any(type(m).__name__ == "ReadyForQuery" for m in seen):
-            dec.feed(await asyncio.wait_for(reader.read(65536), 10))
-            seen += list(dec.messages())
-        version_oid = 89  # pg_catalog.version()
-        writer.write(FunctionCall(version_oid).encode())
-        seen = []
-        while not any(type(m).__name__ == "ReadyForQuery" for m in seen):
-            dec.feed(await asyncio.wait_for(reader.read(65536), 10))
-            seen += list(dec.messages())
-        assert [type(m).__name__ for m in seen] == ["ErrorResponse", "ReadyForQuery"]
-        assert seen[0].sqlstate == "42501"
-    finally:
-        writer.close()
+    version_oid = 89  # pg_catalog.version()
+    async with RawSession.open(env) as raw:
+        raw.send(FunctionCall(version_oid).encode())
+        seen = await raw.until_ready()
+    assert [type(m).__name__ for m in seen] == ["ErrorResponse", "ReadyForQuery"]
+    assert seen[0].sqlstate == "42501"
 
 
 async def test_copy_from_stdin_stores_real_values_for_tokens(env: PgEnv) -> None:
@@ -735,23 +755,8 @@ async def test_psql_describe_commands_work(env: PgEnv) -> None:
 
 
 async def test_an_unknown_message_mid_session_ends_it_with_a_protocol_error(env: PgEnv) -> None:
-    from proxy.pg.codec import BackendDecoder
-    from proxy.pg.messages import StartupMessage
-
-    reader, writer = await asyncio.open_connection(*env.tap_address)
-    try:
-        writer.write(StartupMessage({"user": AGENT, "database": env.database}).encode())
-        dec = BackendDecoder()
-        seen: list[Any] = []
-        while not any(type(m).__name__ == "ReadyForQuery" for m in seen):
-            dec.feed(await asyncio.wait_for(reader.read(65536), 10))
-            seen += list(dec.messages())
-        writer.write(b"z\x00\x00\x00\x04")  # no such frontend message
-        seen = []
-        while data := await asyncio.wait_for(reader.read(65536), 10):
-            dec.feed(data)
-            seen += list(dec.messages())
-        errors = [m for m in seen if type(m).__name__ == "ErrorResponse"]
-        assert errors and errors[0].sqlstate == "08P01"
-    finally:
-        writer.close()
+    async with RawSession.open(env) as raw:
+        raw.send(b"z\x00\x00\x00\x04")  # no such frontend message
+        seen = await raw.until_closed()
+    errors = [m for m in seen if isinstance(m, ErrorResponse)]
+    assert errors and errors[0].sqlstate == "08P01"
