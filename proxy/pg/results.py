@@ -30,6 +30,7 @@ from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
 from proxy.pg.analysis import CLEAR, ColumnLineage
 from proxy.pg.catalog import CatalogSnapshot
+from proxy.pg.codec import ProtocolError, decode_backend
 from proxy.pg.messages import DataRow, ErrorResponse, FieldDescription
 from proxy.pg.refusals import FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, error
 from proxy.pg.values import ValueCodec, value_codec
@@ -186,8 +187,8 @@ class RowRewriter:
 
     async def rewrite(self, rows: Sequence[DataRow]) -> list[bytes]:
         """The rows' new wire bytes, in order; raises ResultCut to end the result."""
-        if self._fast is not None:
-            return await self._rewrite_fast(rows)
+        if self._fast is not None:  # parsed rows of a framed result (an Execute's first)
+            return await self.rewrite_frames([row.wire() for row in rows])
         return await self._rewrite(rows)
 
     async def rewrite_frames(self, frames: Sequence[bytes]) -> list[bytes]:
@@ -248,7 +249,10 @@ class RowRewriter:
             if not mine:
                 out.append(frame)
             elif resized and any(stop - start != len(new) for start, stop, new in mine):
-                out.append(_splice(frame, mine))
+                try:
+                    out.append(_splice(frame, mine))
+                except (ValueError, ProtocolError):
+                    raise ResultCut(_unreadable(self.plan.columns[0].name)) from None
             else:
                 buf = bytearray(frame)
                 for start, stop, new in mine:
@@ -266,41 +270,6 @@ class RowRewriter:
             tokens.update(((kind, t), tok) for t, tok in mapping.items())
         for patch, kind, text, codec in misses:
             patch[2] = codec.encode(tokens[(kind, text)])
-
-    async def _rewrite_fast(self, rows: Sequence[DataRow]) -> list[bytes]:
-        """Plain columns only: values the engine has cached are swapped in place; the rest
-        go through the store in one call per kind."""
-        self.rows += len(rows)
-        engine = self.tokens.engine
-        cached = engine.cached_token
-        values = [list(r.columns) for r in rows]
-        misses: list[tuple[list[bytes | None], int, str, str, ValueCodec]] = []
-        try:
-            for i, kind, codec in self._fast or ():
-                decode, encode = codec.decode, codec.encode
-                for row in values:
-                    raw = row[i]
-                    if raw is None:
-                        continue
-                    text = decode(raw)
-                    token = cached(kind, text)
-                    if token is None:
-                        misses.append((row, i, kind, text, codec))
-                    else:
-                        row[i] = encode(token)
-            if misses:
-                by_kind: dict[str, list[str]] = {}
-                for _, _, kind, text, _ in misses:
-                    by_kind.setdefault(kind, []).append(text)
-                tokens: dict[tuple[str, str], str] = {}
-                for kind, texts in by_kind.items():
-                    mapping = await tokens_of(engine, self.tokens.store, Kind(kind), texts)
-                    tokens.update(((kind, t), tok) for t, tok in mapping.items())
-                for row, i, kind, text, codec in misses:
-                    row[i] = codec.encode(tokens[(kind, text)])
-        except TokenProxyError:
-            raise ResultCut(_unreadable(self.plan.columns[0].name)) from None
-        return [_encode_row(v) for v in values]
 
     async def _rewrite(self, rows: Sequence[DataRow]) -> list[bytes]:
         plan, n = self.plan, len(rows)
@@ -446,7 +415,10 @@ _U16_FROM = struct.Struct("!H").unpack_from
 
 def _splice(frame: bytes, patches: list[list[Any]]) -> bytes:
     """``frame`` with the values at the patches' spans replaced (lengths rewritten)."""
-    columns = list(_columns(frame))
+    row = decode_backend(frame)
+    if not isinstance(row, DataRow):
+        raise ValueError("not a DataRow")
+    columns = list(row.columns)
     spans = {start: new for start, _, new in patches}
     p = 7
     for i, value in enumerate(columns):
@@ -457,21 +429,6 @@ def _splice(frame: bytes, patches: list[list[Any]]) -> bytes:
             columns[i] = spans[p]
         p += len(value)
     return _encode_row(columns)
-
-
-def _columns(frame: bytes) -> list[bytes | None]:
-    (count,) = _U16_FROM(frame, 5)
-    p = 7
-    out: list[bytes | None] = []
-    for _ in range(count):
-        (size,) = _I32_FROM(frame, p)
-        p += 4
-        if size < 0:
-            out.append(None)
-            continue
-        out.append(frame[p : p + size])
-        p += size
-    return out
 
 
 def _encode_row(columns: list[bytes | None]) -> bytes:

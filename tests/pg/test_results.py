@@ -19,7 +19,6 @@ from proxy.pg.results import (
     ResultCut,
     RowRewriter,
     Tokens,
-    _columns,
     _encode_row,
     _splice,
     plan_result,
@@ -107,8 +106,14 @@ async def test_a_frame_whose_lengths_lie_cuts_the_result() -> None:
         await _rewriter(engine).rewrite_frames([short])
 
 
+def _columns(frame: bytes) -> tuple[bytes | None, ...]:
+    row = decode_backend(frame)
+    assert isinstance(row, DataRow)
+    return row.columns
+
+
 def test_splice_rewrites_lengths() -> None:
     frame = _encode_row([b"1", b"abc", None, b"xy"])
     # value b"abc" starts after the header (7), the id's length and value (4 + 1), its length
     out = _splice(frame, [[7 + 4 + 1 + 4, 7 + 4 + 1 + 4 + 3, b"abcdef"]])
-    assert _columns(out) == [b"1", b"abcdef", None, b"xy"]
+    assert _columns(out) == (b"1", b"abcdef", None, b"xy")
