@@ -49,6 +49,26 @@ class Vault(Protocol):
         ...
 
 
+def fresh_token(
+    kind: str, value: str, draw: Callable[[], str], taken: Callable[[str], bool]
+) -> str:
+    """A new random token for ``value`` from ``draw``: not ``taken``, and never the value
+    itself (a two-letter name has a 1 in 676 chance of drawing itself, a one-letter name 1
+    in 26), unless every draw gives the value: a format with nothing random in it, which
+    hides nothing either way. Raises :class:`VaultMissError` when none is free."""
+    only_itself = True
+    for _ in range(MAX_DRAWS):
+        token = draw()
+        if token == value:
+            continue
+        only_itself = False
+        if not taken(token):
+            return token
+    if only_itself and not taken(value):
+        return value
+    raise VaultMissError(f"no free {kind} token of this format is left in the vault")
+
+
 def vault_index(kind: str, value: str, key: DataKey) -> bytes:
     """The keyed lookup index of a value: HMAC over (kind, value), never a bare hash."""
     return key.mac(kind.encode() + b"\x00" + value.encode("utf-8", "surrogatepass"))
@@ -99,12 +119,7 @@ class MemoryVault:
         entry = self._by_index.get(index)
         if entry is not None:
             return entry.token
-        for _ in range(MAX_DRAWS):
-            token = draw()
-            if (kind, token) not in self._by_token:
-                break
-        else:
-            raise VaultMissError(f"no free {kind} token of this format is left in the vault")
+        token = fresh_token(kind, value, draw, lambda t: (kind, t) in self._by_token)
         entry = VaultEntry(kind, token, key.version, seal(value, kind, key))
         self._by_index[index] = entry
         self._by_token[(kind, token)] = entry

@@ -50,7 +50,7 @@ import asyncpg
 import structlog
 
 from proxy.crypto.keyring import DataKey, Keyring
-from proxy.crypto.vault import MAX_DRAWS, seal, unseal, vault_index
+from proxy.crypto.vault import fresh_token, seal, unseal, vault_index
 from proxy.errors import KeyringError, NotATokenError, VaultMissError
 from proxy.store.db import DatabaseUnavailableError, retrying, storable_text
 
@@ -175,7 +175,7 @@ class PgVault:
                 f"the vault queue is full ({self._max_pending} new short values not yet "
                 "stored: the database is unavailable); the value cannot be tokenized"
             )
-        token = self._fresh_token(kind, draw)
+        token = self._fresh_token(kind, value, draw)
         row = _Pending(kind, value, key.version, index[2], token, seal(value, kind, key), draw)
         row.candidate = token
         self._pending[index] = row
@@ -350,7 +350,7 @@ class PgVault:
                     winners[row] = existing[row.index]
                 else:  # the candidate token is another value's: redraw
                     try:
-                        row.candidate = self._fresh_token(row.kind, row.draw)
+                        row.candidate = self._fresh_token(row.kind, row.value, row.draw)
                     except VaultMissError:
                         continue  # no winner: reported lost, the next draw tries again
                     todo.append(row)
@@ -441,12 +441,11 @@ class PgVault:
 
     # -- cache --------------------------------------------------------------------------------
 
-    def _fresh_token(self, kind: str, draw: Callable[[], str]) -> str:
-        for _ in range(MAX_DRAWS):
-            token = draw()
-            if (kind, token) not in self._by_token and (kind, token) not in self._pending_tokens:
-                return token
-        raise VaultMissError(f"no free {kind} token of this format is left in the vault")
+    def _fresh_token(self, kind: str, value: str, draw: Callable[[], str]) -> str:
+        def taken(token: str) -> bool:
+            return (kind, token) in self._by_token or (kind, token) in self._pending_tokens
+
+        return fresh_token(kind, value, draw, taken)
 
     def _unqueue(self, row: _Pending) -> None:
         if self._pending.get(row.index) is row:
