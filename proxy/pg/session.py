@@ -695,6 +695,7 @@ class Session:
         if isinstance(msg, CommandComplete | PortalSuspended | EmptyQueryResponse):
             self.expect.popleft()
             self.result = None
+            self._rows_passthrough(False)  # the next Execute's rows are planned for it
             if isinstance(msg, CommandComplete):
                 self._completed(run)
             return [msg.wire()]

@@ -23,9 +23,12 @@ from proxy.crypto.tokens import Kind
 from proxy.pg.codec import BackendDecoder
 from proxy.pg.messages import (
     Bind,
+    DataRow,
+    Describe,
     ErrorResponse,
     Execute,
     FunctionCall,
+    Parse,
     ReadyForQuery,
     StartupMessage,
     Sync,
@@ -621,6 +624,26 @@ async def test_unknown_prepared_statement_and_portal_are_refused(env: PgEnv) -> 
         raw.send(Bind("", "never_parsed").encode() + Execute("").encode() + Sync().encode())
         seen = await raw.until_ready()
     assert [type(m).__name__ for m in seen] == ["ErrorResponse", "ReadyForQuery"]
+    env.assert_no_leak(mark)
+
+
+async def test_rows_after_an_empty_result_in_a_pipeline_are_tokenized(env: PgEnv) -> None:
+    """An Execute whose first answer is CommandComplete (no rows) is planned there; the
+    next Execute's rows, right behind it, are planned for their own statement."""
+    mark = env.mark()
+    empty = "SELECT full_name FROM customers WHERE false"
+    rows = "SELECT full_name, phone FROM customers ORDER BY id"
+    async with RawSession.open(env) as raw:
+        raw.send(
+            Parse("s1", empty, ()).encode() + Bind("p1", "s1").encode()
+            + Describe("P", "p1").encode()
+            + Parse("s2", rows, ()).encode() + Bind("p2", "s2").encode()
+            + Describe("P", "p2").encode()
+            + Execute("p1").encode() + Execute("p2").encode() + Sync().encode()
+        )
+        seen = await raw.until_ready()
+    data = [m for m in seen if isinstance(m, DataRow)]
+    assert len(data) == len(SEED)
     env.assert_no_leak(mark)
 
 
