@@ -71,6 +71,7 @@ class TokenEngine:
         # The same cache as plain value -> token maps per kind, for front ends that look
         # up many values in a tight loop (kept in step with _cache: same entries).
         self._by_kind: dict[str, dict[str, str]] = {}
+        self.forgotten = 0  # tokens dropped by `forget` so far
 
     @classmethod
     def standard(
@@ -211,9 +212,11 @@ class TokenEngine:
             return Resolution(value, False)
 
     def forget(self, kind: str, value: str) -> None:
-        """Drop a cached token (the vault lost a race to another proxy and took its token)."""
+        """Drop a cached token (the vault lost a race to another proxy and took its token).
+        Counted in `forgotten`: a copy of the cache made elsewhere is stale after one."""
         self._cache.pop((kind, value), None)
         self._by_kind.get(kind, {}).pop(value, None)
+        self.forgotten += 1
 
     # -- internals ---------------------------------------------------------------------
 

@@ -157,6 +157,17 @@ class Statement:
     def needs_justification(self) -> bool:
         return bool(self.problems)
 
+    @property
+    def plain(self) -> bool:
+        """Nothing to check or resolve before it runs (allowed with or without a ticket,
+        no token to resolve, no COPY data to read)."""
+        return (
+            self.refusal is None
+            and not self.problems
+            and not self.slots
+            and not self.copy_from_stdin
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Analysis:

@@ -665,12 +665,8 @@ class Catalog:
                 raise CatalogUnavailableError(
                     f"the catalog of upstream database {self._database!r} is closed"
                 )
-            snap = self._snapshot
-            if (
-                snap is not None
-                and self._loaded_generation == self._generation
-                and time.monotonic() - self._checked_at < self._recheck
-            ):
+            snap = self.snapshot_now()
+            if snap is not None:
                 return snap
             task = self._task
             if task is not None and not task.done() and self._task_generation != self._generation:
@@ -682,6 +678,18 @@ class Catalog:
                 self._task, self._task_generation = task, self._generation
                 task.add_done_callback(self._refresh_done)
             return await asyncio.shield(task)  # a cancelled caller leaves the load running
+
+    def snapshot_now(self) -> CatalogSnapshot | None:
+        """The current snapshot if `snapshot` would return it without I/O, else None."""
+        snap = self._snapshot
+        if (
+            snap is not None
+            and not self._closed
+            and self._loaded_generation == self._generation
+            and time.monotonic() - self._checked_at < self._recheck
+        ):
+            return snap
+        return None
 
     def _refresh_done(self, task: asyncio.Task[CatalogSnapshot]) -> None:
         if self._task is task:

@@ -62,6 +62,8 @@ of a result with no protected column, CopyData of an unprotected COPY), it sets
 ``decoder.passthrough = {b"D"}``: those then arrive as `Passthrough` (the frame, unparsed)
 at the cost of framing alone, until the set is changed. The set applies from the next
 ``next_message`` call, so a session can switch it between a RowDescription and its rows.
+`BackendDecoder.take_data_rows` frames a whole run of DataRows at once: the complete rows
+buffered next, back to back in one bytes object, with no object per row.
 """
 
 from __future__ import annotations
@@ -889,6 +891,76 @@ class _Decoder(Generic[_T]):
         if self._keep_raw and message.raw is None:
             _set_raw(message, buf[pos:end])
         return message  # type: ignore[return-value]  # the tables hold this direction's only
+
+    def take_data_rows(self) -> bytes | None:
+        """`take_run` of DataRows."""
+        return self.take_run(0x44)
+
+    def take_run(self, kind: int) -> bytes | None:
+        """The longest run of complete messages of type ``kind`` (a DataRow's 0x44, a
+        CopyData's 0x64) buffered next, as one bytes object (the frames back to back,
+        unparsed), the decoder advanced past them; None when the next message is not a
+        complete one of them (`next_message` then reads it).
+
+        Each frame's length is checked as `next_message` checks it: a bad one ends the run
+        before it, and raises the ProtocolError when it comes first. The run is one slice
+        of the buffer (the fed chunk itself when it holds them only); a message split
+        across feeds is joined as `next_message` joins it.
+        """
+        if not self._fast:
+            if self._error is not None:
+                raise self._error
+            return None  # an encryption answer is due: next_message's business
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < 5:
+            if not self._ensure(5):
+                return None
+            buf = self._buf
+            pos = self._pos
+        code, size = _HEADER_FROM(buf, pos)
+        if code != kind:
+            return None
+        low = self._min[kind]
+        high = self._max[kind]
+        if not low <= size <= high:
+            raise self._fail(self._bad_length(code, size))
+        if pos + 1 + size > len(buf):
+            if not self._ensure(1 + size):
+                return None
+            buf = self._buf
+            pos = self._pos
+        header = _HEADER_FROM
+        q = pos + 1 + size
+        n = len(buf)
+        while True:
+            try:
+                while True:  # the hot loop: one unpack and a few checks a message
+                    code, size = header(buf, q)
+                    if code != kind or not low <= size <= high:
+                        break
+                    end = q + 1 + size
+                    if end > n:
+                        break
+                    q = end
+            except struct.error:  # fewer than five bytes left
+                need = 5
+            else:
+                if code != kind or not low <= size <= high:
+                    break  # another message, or a bad length (raised by the next call)
+                need = 1 + size
+            # A message not all in ``buf``: join what was fed after it if that completes it.
+            if not self._pending:
+                break
+            self._pos = pos
+            if not self._ensure(q - pos + need):
+                break
+            q -= pos
+            buf = self._buf
+            pos = 0
+            n = len(buf)
+        self._pos = q
+        return buf[pos:q]
 
     def messages(self) -> Iterator[_T]:
         """Every complete message now buffered."""

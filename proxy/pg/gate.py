@@ -141,6 +141,15 @@ class Gate:
             ) from None
         return self.cache.get(snapshot, sql), snapshot
 
+    def analyze_now(self, sql: str) -> tuple[Analysis, CatalogSnapshot] | None:
+        """`analyze` when it needs no I/O (the catalog snapshot is fresh); else None."""
+        if not self.standard_strings:
+            return None
+        snapshot = self.catalog.snapshot_now()
+        if snapshot is None:
+            return None
+        return self.cache.get(snapshot, sql), snapshot
+
     def ticket(self, analysis: Analysis) -> str | None:
         """The ticket a statement cites: its comment, else the session's, else startup's."""
         return analysis.ticket or self.ticket_now()

@@ -16,21 +16,26 @@ saying "protected" is enough (fail closed). Per column:
 
 A protected column whose type cannot be read or written (`proxy.pg.values`) cuts the
 result at its first non-NULL value. Nothing here holds more than one batch of rows.
+
+The common case, plain names and phones with nothing to reveal or scrub, takes runs of
+raw DataRow frames (`RowRewriter.rewrite_run`): no object per row, tokens found by the
+values' wire bytes, and no waiting unless a value is not in the engine's cache.
 """
 
 from __future__ import annotations
 
 import struct
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, cast
 
-from proxy.crypto.engine import TokenEngine
+from proxy.crypto.engine import CACHE_SIZE, TokenEngine
 from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
 from proxy.pg.analysis import CLEAR, ColumnLineage
 from proxy.pg.catalog import CatalogSnapshot
-from proxy.pg.codec import ProtocolError, decode_backend
+from proxy.pg.codec import BackendDecoder, ProtocolError
 from proxy.pg.messages import DataRow, ErrorResponse, FieldDescription
 from proxy.pg.refusals import FEATURE_NOT_SUPPORTED, INSUFFICIENT_PRIVILEGE, error
 from proxy.pg.values import ValueCodec, value_codec
@@ -78,6 +83,23 @@ class ResultPlan:
     customers: Mapping[str, tuple[int, ValueCodec]]  # table -> (output index, id codec)
     echo: tuple[tuple[int, ValueCodec], ...] = ()  # clear text columns to scrub of `known`
     fields: frozenset[str] = frozenset()
+    # Derived: (index, kind, codec) of each column when all are plain names or phones of a
+    # known type (rows may then be rewritten as frames), else None.
+    plain: tuple[tuple[int, str, ValueCodec], ...] | None = field(
+        init=False, repr=False, compare=False
+    )
+    # The framed columns under the last engine that rewrote this plan's rows (RowRewriter's,
+    # made once per plan and engine): [weak reference to the engine, columns], or empty.
+    wire: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plain = [
+            (c.index, c.kind.value, c.codec)
+            for c in self.columns
+            if c.kind is not None and c.kind is not Kind.TEXT and c.codec is not None
+        ]
+        whole = len(plain) == len(self.columns)
+        object.__setattr__(self, "plain", tuple(plain) if whole else None)
 
     @property
     def passthrough(self) -> bool:
@@ -171,18 +193,15 @@ class RowRewriter:
         self._revealing = tokens.reveal is not None and bool(plan.customers)
         self.rows = 0
         # The common case (plain names and phones, nothing revealed, nothing to scrub)
-        # takes a tight loop over the engine's cache.
-        self._fast: list[tuple[int, str, ValueCodec]] | None = None
-        if not self._revealing and not (plan.echo and tokens.known) and all(
-            c.kind is not None and c.kind is not Kind.TEXT and c.codec is not None
-            for c in plan.columns
-        ):
-            self._fast = [(c.index, c.kind.value, c.codec) for c in plan.columns
-                          if c.kind is not None and c.codec is not None]
+        # rewrites raw frames in a tight loop over the engine's cache.
+        self._fast = plan.plain
+        if self._revealing or (plan.echo and tokens.known):
+            self._fast = None
+        self._wire: list[_Wire | None] | None = None  # made on first use
 
     @property
     def framed(self) -> bool:
-        """Whether rows may come as raw DataRow frames (`rewrite_frames`)."""
+        """Whether rows may come as raw DataRow frames (`rewrite_run`, `rewrite_frames`)."""
         return self._fast is not None
 
     async def rewrite(self, rows: Sequence[DataRow]) -> list[bytes]:
@@ -192,84 +211,175 @@ class RowRewriter:
         return await self._rewrite(rows)
 
     async def rewrite_frames(self, frames: Sequence[bytes]) -> list[bytes]:
-        """`rewrite` for raw DataRow frames (plain columns only): each protected value is
-        found by walking the column lengths and replaced in a copy of the frame, which is
-        rebuilt only when a token's encoding is not as long as its value's. A frame whose
-        lengths do not add up cuts the result (never forwarded as it came)."""
-        self.rows += len(frames)
+        """`rewrite_run` for a list of DataRow frames: the new frames, in order."""
+        for frame in frames:
+            if len(frame) < 7 or frame[0] != 0x44 or _I32_FROM(frame, 1)[0] != len(frame) - 1:
+                raise ResultCut(self._unreadable())
+        if not frames:
+            return []
+        return _split_run(await self.rewrite_run(b"".join(frames)))
+
+    async def rewrite_run(self, run: bytes) -> bytes:
+        """A run of DataRow frames (as `BackendDecoder.take_data_rows` returns it) with its
+        protected values tokenized, as one bytes object; raises ResultCut to end the result.
+
+        Framed results: each protected value is found by walking the column lengths (up to
+        the last protected column: the client reads the rest); its token's wire bytes come
+        from a memo of the engine's cache keyed by the value's own bytes (no decoding) and
+        are written over it in one copy of the run, or, when not as long as the value, into
+        a rebuilt frame. Unless a value is missing from the engine's cache this never
+        waits. Other results: the rows are parsed and rewritten as `rewrite` does. A frame
+        whose lengths do not add up, or with a value its type cannot read, cuts the result:
+        nothing of the run is returned.
+        """
+        if self._fast is None:
+            return await self._rewrite_parsed(run)
+        try:
+            buf, resized, misses, rows = self._walk(run)
+            self.rows += rows
+            if misses:
+                await self._resolve_misses(misses, memoryview(buf), resized)
+            if resized:
+                return _rebuild(buf, resized)
+        except _UNREADABLE:
+            raise ResultCut(self._unreadable()) from None
+        return bytes(buf)
+
+    def rewrite_run_now(self, run: bytes) -> bytes | None:
+        """`rewrite_run` when it needs no I/O; None when it does (a token not in the
+        engine's cache, or rows that must be parsed: reveals, scrubbing, notes)."""
+        if self._fast is None:
+            return None
+        try:
+            buf, resized, misses, rows = self._walk(run)
+            if misses:
+                return None
+            self.rows += rows
+            if resized:
+                return _rebuild(buf, resized)
+        except _UNREADABLE:
+            raise ResultCut(self._unreadable()) from None
+        return bytes(buf)
+
+    def _walk(self, run: bytes) -> tuple[bytearray, list[_Patch], list[_Miss], int]:
+        """A copy of ``run`` with every cached token written over its value, the frames
+        to rebuild (tokens of another length), the values not cached, and the row count."""
+        cols = self._wire if self._wire is not None else self._wire_columns()
+        _fresh_memos(self.tokens.engine)
+        width = len(cols)
+        lead = width > 0 and cols[0] is None  # a clear first column (an id): read with the header
+        rest = cols[1:] if lead else cols
+        head = _RUN_HEADER_LEAD if lead else _RUN_HEADER
+        i32 = _I32_FROM
+        buf = bytearray(run)
+        out = memoryview(buf)  # (a slice assignment through a view costs a fifth)
+        n = len(run)
+        pos = rows = 0
+        resized: list[_Patch] = []  # (frame start, frame end, value start, value stop, new)
+        misses: list[_Miss] = []  # not in the engine's cache: through the store
+        while pos < n:
+            if lead:
+                code, size, count, length = head(run, pos)
+                p = pos + 11
+                if length > 0:
+                    p += length
+                elif length < -1:
+                    raise ValueError("negative column length")
+            else:
+                code, size, count = head(run, pos)
+                p = pos + 7
+            end = pos + 1 + size
+            if code != 0x44 or count < width:
+                raise ValueError("not a DataRow, or fewer columns than the result's")
+            for col in rest:
+                (length,) = i32(run, p)
+                p += 4
+                if length >= 0:
+                    stop = p + length
+                    if col is not None:
+                        raw = run[p:stop]
+                        hit = col[0](raw)
+                        if hit is not None:
+                            out[p:stop] = hit[2]  # (as long as the value: see _remember)
+                        else:
+                            codec = col[3]
+                            text = codec.decode(raw)
+                            token = col[1](text)
+                            if token is None:
+                                misses.append((pos, end, p, stop, raw, text, col))
+                            else:
+                                new = codec.encode(token)
+                                if len(new) == len(raw):  # (short if the run ends in it)
+                                    _remember(col, raw, (text, token, new))
+                                    out[p:stop] = new
+                                else:
+                                    resized.append((pos, end, p, stop, new))
+                    p = stop
+                elif length != -1:
+                    raise ValueError("negative column length")
+            if p != end and (p > end or count == width):  # (trailing columns: unread)
+                raise ValueError("a DataRow whose lengths do not add up")
+            pos = end
+            rows += 1
+        if pos != n:
+            raise ValueError("a DataRow cut short")
+        return buf, resized, misses, rows
+
+    def _wire_columns(self) -> list[_Wire | None]:
+        """Per output column up to the last protected one: how to rewrite it (or None)."""
         fast = self._fast
         assert fast is not None
         engine = self.tokens.engine
-        last = max(i for i, _, _ in fast)
-        protected = {i: (kind, codec, engine.token_lookup(kind)) for i, kind, codec in fast}
-        i32 = _I32_FROM
-        # Per frame: [(start, stop, replacement bytes or None until resolved)]
-        patches: list[list[list[Any]]] = []
-        rebuild: list[bool] = []  # a replacement of another length: the frame is rebuilt
-        misses: list[tuple[list[Any], str, str, ValueCodec]] = []
-        try:
-            for frame in frames:
-                (count,) = _U16_FROM(frame, 5)
-                if count <= last:
-                    raise ValueError("fewer columns than the result's description")
-                p = 7
-                mine: list[list[Any]] = []
-                resized = False
-                for i in range(last + 1):
-                    (size,) = i32(frame, p)
-                    p += 4
-                    if size < 0:
-                        continue
-                    stop = p + size
-                    target = protected.get(i)
-                    if target is not None:
-                        if stop > len(frame):
-                            raise ValueError("a column runs past its frame")
-                        kind, codec, lookup = target
-                        text = codec.decode(frame[p:stop])
-                        token = lookup(text)
-                        if token is None:
-                            patch = [p, stop, None]
-                            misses.append((patch, kind, text, codec))
-                            resized = True  # not known yet: checked when assembled
-                        else:
-                            new = codec.encode(token)
-                            resized = resized or len(new) != size
-                            patch = [p, stop, new]
-                        mine.append(patch)
-                    p = stop
-                patches.append(mine)
-                rebuild.append(resized)
-            if misses:
-                await self._resolve_misses(misses)
-        except (ValueError, struct.error, TokenProxyError):
-            raise ResultCut(_unreadable(self.plan.columns[0].name)) from None
-        out: list[bytes] = []
-        for frame, mine, resized in zip(frames, patches, rebuild, strict=True):
-            if not mine:
-                out.append(frame)
-            elif resized and any(stop - start != len(new) for start, stop, new in mine):
-                try:
-                    out.append(_splice(frame, mine))
-                except (ValueError, ProtocolError):
-                    raise ResultCut(_unreadable(self.plan.columns[0].name)) from None
-            else:
-                buf = bytearray(frame)
-                for start, stop, new in mine:
-                    buf[start:stop] = new
-                out.append(bytes(buf))
-        return out
+        made = self.plan.wire
+        if made and made[0]() is engine:
+            cols: list[_Wire | None] = made[1]
+        else:
+            size: int = getattr(engine, "_cache_size", CACHE_SIZE)  # (what it can confirm)
+            cols = [None] * (max((i for i, _, _ in fast), default=-1) + 1)
+            for i, kind, codec in fast:
+                memo = _memo(engine, kind, codec)
+                cols[i] = (memo.get, engine.token_lookup(kind), memo, codec, kind, size)
+            made[:] = [weakref.ref(engine, lambda _: made.clear()), cols]  # (not kept alive)
+        self._wire = cols
+        return cols
 
-    async def _resolve_misses(self, misses: list[tuple[list[Any], str, str, ValueCodec]]) -> None:
+    async def _resolve_misses(
+        self, misses: list[_Miss], out: memoryview, resized: list[_Patch]
+    ) -> None:
+        """Tokens of the values the engine's cache lacks, through the store, put in place."""
         by_kind: dict[str, list[str]] = {}
-        for _, kind, text, _ in misses:
-            by_kind.setdefault(kind, []).append(text)
+        for *_, text, col in misses:
+            by_kind.setdefault(col[4], []).append(text)
         tokens: dict[tuple[str, str], str] = {}
         for kind, texts in by_kind.items():
             mapping = await tokens_of(self.tokens.engine, self.tokens.store, Kind(kind), texts)
             tokens.update(((kind, t), tok) for t, tok in mapping.items())
-        for patch, kind, text, codec in misses:
-            patch[2] = codec.encode(tokens[(kind, text)])
+        for pos, end, p, stop, raw, text, col in misses:
+            token = tokens[(col[4], text)]
+            new = col[3].encode(token)
+            if len(new) == len(raw):
+                confirmed = col[1](text)
+                if confirmed is not None and confirmed == token:  # only what the cache holds
+                    _remember(col, raw, (text, confirmed, new))
+                out[p:stop] = new
+            else:
+                resized.append((pos, end, p, stop, new))
+
+    async def _rewrite_parsed(self, run: bytes) -> bytes:
+        """`rewrite_run` for a result that needs parsed rows (revealing, scrubbing, notes)."""
+        decoder = BackendDecoder()
+        decoder.feed(run)
+        try:
+            rows = list(decoder.messages())
+        except ProtocolError:
+            raise ResultCut(self._unreadable()) from None
+        if decoder.buffered or not all(type(row) is DataRow for row in rows):
+            raise ResultCut(self._unreadable())
+        return b"".join(await self._rewrite(cast(list[DataRow], rows)))
+
+    def _unreadable(self) -> ErrorResponse:
+        columns = self.plan.columns
+        return _unreadable(columns[0].name if columns else "(none)")
 
     async def _rewrite(self, rows: Sequence[DataRow]) -> list[bytes]:
         plan, n = self.plan, len(rows)
@@ -410,25 +520,119 @@ _LENGTHS = [_PACK_I32(n) for n in range(4096)]
 
 
 _I32_FROM = struct.Struct("!i").unpack_from
-_U16_FROM = struct.Struct("!H").unpack_from
+_UNREADABLE = (ValueError, struct.error, TokenProxyError)  # a run the walk cannot read
+_RUN_HEADER = struct.Struct("!BiH").unpack_from  # type byte, length, column count
+_RUN_HEADER_LEAD = struct.Struct("!BiHi").unpack_from  # ... and the first column's length
+_FRAME_HEADER = struct.Struct("!ci").pack
+
+# The wire-value memo: per engine, kind and codec, a column's raw wire value -> (its text,
+# its token as the engine's cache held it, the token's wire bytes). Only tokens the
+# engine's cache confirmed go in; an engine maps a value to one token for its life but
+# after `forget` (a lost vault race), which empties its memos (`TokenEngine.forgotten`,
+# checked once a run), so the memo is a shortcut past decoding, encoding and the cache,
+# never a second source of tokens. Bounded: a memo holds no
+# more values than the engine's cache (more could not hit), a full one is cleared; an
+# engine's memos go with it (a weak reference), and only the last two engines (keyring
+# snapshots: the current one and the one before a rotation) keep theirs.
+_MemoEntry = tuple[str, str, bytes]
+_Memo = dict[bytes, _MemoEntry]
+_MEMO_ENGINES: Final = 2
+_MEMO_CODECS: Final = 64  # (kind, codec) pairs per engine
+# id(engine) -> (the engine, its memos by (kind, codec), [its `forgotten` when checked])
+_Memos = tuple[weakref.ref[TokenEngine], dict[tuple[str, ValueCodec], _Memo], list[int]]
+_MEMOS: dict[int, _Memos] = {}
+
+# A framed column: (memo.get, the engine's token lookup, memo, codec, kind, memo size).
+_Wire = tuple[
+    Callable[[bytes], _MemoEntry | None],
+    Callable[[str], str | None],
+    _Memo,
+    ValueCodec,
+    str,
+    int,
+]
+_Patch = tuple[int, int, int, int, bytes]  # frame start, frame end, value start, stop, new
+_Miss = tuple[int, int, int, int, bytes, str, _Wire]  # ... raw value, text, column
 
 
-def _splice(frame: bytes, patches: list[list[Any]]) -> bytes:
-    """``frame`` with the values at the patches' spans replaced (lengths rewritten)."""
-    row = decode_backend(frame)
-    if not isinstance(row, DataRow):
-        raise ValueError("not a DataRow")
-    columns = list(row.columns)
-    spans = {start: new for start, _, new in patches}
-    p = 7
-    for i, value in enumerate(columns):
-        p += 4
-        if value is None:
-            continue
-        if p in spans:
-            columns[i] = spans[p]
-        p += len(value)
-    return _encode_row(columns)
+def _memo(engine: TokenEngine, kind: str, codec: ValueCodec) -> _Memo:
+    """The wire-value memo of ``engine`` for one kind and codec."""
+    key = id(engine)
+    held = _MEMOS.get(key)
+    if held is None or held[0]() is not engine:
+        while len(_MEMOS) >= _MEMO_ENGINES:
+            del _MEMOS[next(iter(_MEMOS))]  # the oldest engine
+        held = _MEMOS[key] = (
+            weakref.ref(engine, lambda ref: _forget_engine(key, ref)), {}, [engine.forgotten]
+        )
+    memos = held[1]
+    memo = memos.get((kind, codec))
+    if memo is None:
+        if len(memos) >= _MEMO_CODECS:
+            memos.clear()
+        memo = memos[(kind, codec)] = {}
+    return memo
+
+
+def _fresh_memos(engine: TokenEngine) -> None:
+    """Empty ``engine``'s memos if it forgot a token since they were checked."""
+    held = _MEMOS.get(id(engine))
+    if held is not None and held[2][0] != engine.forgotten and held[0]() is engine:
+        for memo in held[1].values():
+            memo.clear()  # (in place: the rewriters' columns hold them)
+        held[2][0] = engine.forgotten
+
+
+def _forget_engine(key: int, ref: weakref.ref[TokenEngine]) -> None:
+    held = _MEMOS.get(key)
+    if held is not None and held[0] is ref:
+        del _MEMOS[key]
+
+
+def _remember(col: _Wire, raw: bytes, entry: _MemoEntry) -> None:
+    """Memoize a token as long as its value ``raw`` (only those: a hit is written in place
+    of the value)."""
+    memo = col[2]
+    if len(memo) >= col[5]:
+        memo.clear()
+    memo[raw] = entry
+
+
+def _rebuild(buf: bytearray, resized: list[_Patch]) -> bytes:
+    """The run in ``buf`` with the frames holding ``resized`` values rebuilt around them
+    (their column and message lengths rewritten); the other bytes copied as they are."""
+    resized.sort(key=lambda patch: patch[2])
+    view = memoryview(buf)
+    out: list[bytes | memoryview] = []
+    done = 0  # bytes of buf written out
+    k, total = 0, len(resized)
+    while k < total:
+        pos, end = resized[k][0], resized[k][1]
+        body: list[bytes | memoryview] = []
+        q = pos + 5  # from the column count on
+        grown = 0
+        while k < total and resized[k][0] == pos:
+            _, _, p, stop, new = resized[k]
+            body += (view[q : p - 4], _PACK_I32(len(new)), new)
+            grown += len(new) - (stop - p)
+            q = stop
+            k += 1
+        body.append(view[q:end])
+        out += (view[done:pos], _FRAME_HEADER(b"D", end - pos - 1 + grown), *body)
+        done = end
+    out.append(view[done:])
+    return b"".join(out)
+
+
+def _split_run(run: bytes) -> list[bytes]:
+    """The frames of a run (well formed: `rewrite_run` made it)."""
+    frames: list[bytes] = []
+    pos, n = 0, len(run)
+    while pos < n:
+        end = pos + 1 + _I32_FROM(run, pos + 1)[0]
+        frames.append(run[pos:end])
+        pos = end
+    return frames
 
 
 def _encode_row(columns: list[bytes | None]) -> bytes:

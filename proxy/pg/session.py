@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,11 +35,12 @@ import structlog
 from proxy.crypto.engine import TokenEngine
 from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
-from proxy.pg.analysis import ColumnLineage, Statement
+from proxy.pg.analysis import Analysis, ColumnLineage, Statement
 from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
 from proxy.pg.codec import ProtocolError, decode_backend, decode_frontend
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
 from proxy.pg.gate import WRITE_TAGS, AnalysisCache, Gate, Refused
+from proxy.pg.link import Link
 from proxy.pg.messages import (
     Bind,
     BindComplete,
@@ -74,6 +76,7 @@ from proxy.pg.messages import (
     Terminate,
 )
 from proxy.pg.notices import scrub_fields
+from proxy.pg.pump import Ended, Handled, Pump
 from proxy.pg.refusals import CANNOT_CONNECT_NOW, INSUFFICIENT_PRIVILEGE, error
 from proxy.pg.results import ResultCut, ResultPlan, RowRewriter, Tokens, plan_result, tokens_of
 from proxy.pg.startup import Established
@@ -90,7 +93,6 @@ __all__ = ["PgContext", "run_session"]
 
 log = structlog.get_logger("tokenproxy.pg")
 
-READ_SIZE = 256 * 1024
 # Backend messages the server pump needs only the type of (shared constant instances), or
 # parses itself once per distinct frame (RowDescription, ParameterDescription).
 _FIXED: dict[bytes, Any] = {
@@ -102,8 +104,14 @@ _FRAMED = frozenset({*_FIXED, b"T", b"t", b"C", b"Z"})
 # Frontend messages that come back byte for byte (a prepared statement's Parse, Describe,
 # Execute, Sync): framed only, then decoded once per distinct frame.
 _CLIENT_FRAMED = frozenset({b"P", b"D", b"E", b"S", b"H", b"C"})
-_FRAMED_ROWS = _FRAMED | {b"D"}
 _PLAN_CACHE = 256  # result plans kept per session
+_EMPTY = Statement("EMPTY")
+_DATA_ROW, _COPY_DATA = 0x44, 0x64  # the type bytes of the messages taken in runs
+_COPY_UNREADABLE = error("0A000", "a COPY row could not be read; the COPY was cut")
+_LENGTH_FROM = struct.Struct("!i").unpack_from
+# What planning a result gives: the bytes of a cut (none: planned), or a coroutine giving
+# them when the catalog must reload first.
+Planning = list[bytes] | Coroutine[Any, Any, list[bytes]]
 REFUSED_SQL = "TOKENPROXY REFUSED THIS STATEMENT"  # a syntax error: the server rejects it
 REFUSED_NAME = "tokenproxy: refused"  # no such prepared statement or portal
 # Fast-path function calls allowed: the large-object functions libpq uses (pg_proc OIDs).
@@ -136,7 +144,7 @@ class PgContext:
 # ---- what the server pump expects next
 
 
-@dataclass
+@dataclass(slots=True)
 class _Run:
     """One statement whose answers are on their way."""
 
@@ -148,7 +156,7 @@ class _Run:
     undeclared: bool = False  # FETCH/EXECUTE of a cursor or statement not seen here
 
 
-@dataclass
+@dataclass(slots=True)
 class _Expect:
     kind: str  # parse bind close describe execute sync query function
     refusal: ErrorResponse | None = None
@@ -163,7 +171,7 @@ class _Expect:
     planned: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prepared:
     statement: Statement
     ticket_comment: str | None
@@ -176,7 +184,7 @@ class _Prepared:
     formatted: dict[tuple[int, ...], tuple[FieldDescription, ...]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Portal:
     prepared: _Prepared
     run: _Run
@@ -226,10 +234,6 @@ def _apply_formats(
     return tuple(out)
 
 
-class _Closed(Exception):
-    """The session ends."""
-
-
 class Session:
     """See the module docstring."""
 
@@ -265,91 +269,94 @@ class Session:
         self.copy_out: _CopyOut | None = None
         self.cutting = False  # drop the server's answers until ReadyForQuery
         self.copy_refused: ErrorResponse | None = None  # COPY FROM data refused: drop the rest
-        self.client_w = est.client_writer
-        self.server_w = est.server_writer
         self._plans: dict[tuple[Any, ...], tuple[Statement, Any, Any, ResultPlan]] = {}
         self._descriptions: dict[bytes, Any] = {}
-        self._rows_framed = False
+        # The messages now taken in runs (DataRows of a planned result, CopyData of a COPY
+        # TO STDOUT under way): their type byte, 0 for none.
+        self._taking = 0
         est.server_decoder.passthrough = _FRAMED
         self._parsed: dict[bytes, Any] = {}
         est.client_decoder.passthrough = _CLIENT_FRAMED
+        self._client_handlers: dict[type, Callable[[Any], Handled]] = {
+            Query: self._query,
+            Parse: self._parse,
+            Bind: self._bind,
+            Describe: self._describe,
+            Execute: self._execute,
+            Close: self._close,
+            Sync: self._sync,
+            CopyData: self._copy_data,
+            CopyDone: self._copy_end,
+            CopyFail: self._copy_end,
+            FunctionCall: self._function_call,
+            Flush: self._flush,
+            Terminate: self._terminate,
+        }
 
     # ================================================================ client side
 
-    async def client_pump(self) -> None:
-        dec = self.est.client_decoder
-        reader = self.est.client_reader
-        while True:
-            out: list[bytes] = []
-            try:
-                while (msg := dec.next_message()) is not None:
-                    out.append(await self.on_client(msg))
-                    if isinstance(msg, Terminate):
-                        self.server_w.write(b"".join(out))
-                        raise _Closed
-            except ProtocolError as exc:
-                self.client_w.write(exc.to_error_response().encode())
-                raise _Closed from None
-            if out:
-                self.server_w.write(b"".join(out))
-                await self.server_w.drain()
-            data = await reader.read(READ_SIZE)
-            if not data:
-                raise _Closed
-            dec.feed(data)
-
-    async def on_client(self, msg: Any) -> bytes:
-        """The bytes to send upstream for one client message."""
+    def on_client(self, msg: Any) -> Handled:
+        """The bytes to send upstream for one client message (a coroutine if it may wait)."""
         if type(msg) is Passthrough:  # clients send the same ones again and again
             msg = self._parsed.get(msg.frame) or self._parse_frame(msg.frame)
-        if isinstance(msg, Query):
-            return await self._query(msg)
-        if isinstance(msg, Parse):
-            return await self._parse(msg)
-        if isinstance(msg, Bind):
-            return await self._bind(msg)
-        if isinstance(msg, Describe):
-            return self._describe(msg)
-        if isinstance(msg, Execute):
-            return self._execute(msg)
-        if isinstance(msg, Close):
-            (self.statements if msg.kind == "S" else self.portals).pop(msg.name, None)
-            self.expect.append(_Expect("close"))
-            return msg.wire()
-        if isinstance(msg, Sync):
-            self.expect.append(_Expect("sync"))
-            return msg.wire()
-        if isinstance(msg, CopyData):
-            return await self._copy_data(msg)
-        if isinstance(msg, CopyDone | CopyFail):
-            if self.copy_refused is not None:
-                self.copy_refused = None
-                return b""  # the server had a CopyFail already
-            out = b""
-            if self.copy_in is not None and isinstance(msg, CopyDone):
-                try:
-                    out = await self.copy_in.finish()
-                except TokenProxyError:
-                    self.copy_in = None
-                    return CopyFail("tokenproxy could not read the end of the COPY").encode()
-            self.copy_in = None
-            return out + msg.wire()
-        if isinstance(msg, FunctionCall):
-            if msg.function_oid in LARGE_OBJECT_FUNCTIONS:
-                self.expect.append(_Expect("function"))
-                return msg.wire()
-            refusal = error(
-                INSUFFICIENT_PRIVILEGE,
-                "fast-path function calls are allowed for large objects only",
-                hint="call the function in a SELECT",
-            )
-            self.expect.append(_Expect("query", refusal=refusal))
-            return Query(REFUSED_SQL).encode()
-        if isinstance(msg, Flush | Terminate):
-            return msg.wire()
-        raise ProtocolError(f"unexpected {type(msg).__name__} message in a session")
+        handler = self._client_handlers.get(type(msg))
+        if handler is None:
+            raise ProtocolError(f"unexpected {type(msg).__name__} message in a session")
+        return handler(msg)
 
-    async def _query(self, msg: Query) -> bytes:
+    def _close(self, msg: Close) -> bytes:
+        (self.statements if msg.kind == "S" else self.portals).pop(msg.name, None)
+        self.expect.append(_Expect("close"))
+        return msg.wire()
+
+    def _sync(self, msg: Sync) -> bytes:
+        self.expect.append(_Expect("sync"))
+        return msg.wire()
+
+    def _flush(self, msg: Flush) -> bytes:
+        return msg.wire()
+
+    def _terminate(self, msg: Terminate) -> bytes:
+        raise Ended(msg.wire())
+
+    async def _copy_end(self, msg: CopyDone | CopyFail) -> bytes:
+        if self.copy_refused is not None:
+            self.copy_refused = None
+            return b""  # the server had a CopyFail already
+        out = b""
+        if self.copy_in is not None and isinstance(msg, CopyDone):
+            try:
+                out = await self.copy_in.finish()
+            except TokenProxyError:
+                self.copy_in = None
+                return CopyFail("tokenproxy could not read the end of the COPY").encode()
+        self.copy_in = None
+        return out + msg.wire()
+
+    def _function_call(self, msg: FunctionCall) -> bytes:
+        if msg.function_oid in LARGE_OBJECT_FUNCTIONS:
+            self.expect.append(_Expect("function"))
+            return msg.wire()
+        refusal = error(
+            INSUFFICIENT_PRIVILEGE,
+            "fast-path function calls are allowed for large objects only",
+            hint="call the function in a SELECT",
+        )
+        self.expect.append(_Expect("query", refusal=refusal))
+        return Query(REFUSED_SQL).encode()
+
+    def _query(self, msg: Query) -> Handled:
+        now = self.gate.analyze_now(msg.sql)
+        if now is None or not all(s.plain for s in now[0].statements):
+            return self._query_later(msg)
+        analysis, snapshot = now
+        ticket = self.gate.ticket(analysis)
+        self.copy_in = None
+        runs = [self._run(s, {}, ticket, snapshot) for s in analysis.statements]
+        self.expect.append(_Expect("query", runs=runs))
+        return msg.wire()
+
+    async def _query_later(self, msg: Query) -> bytes:
         try:
             analysis, snapshot = await self.gate.analyze(msg.sql)
             ticket = self.gate.ticket(analysis)
@@ -386,7 +393,33 @@ class Session:
             outputs = prepared.outputs if prepared is not None else None
         return _Run(statement, outputs, known, ticket, snapshot, undeclared)
 
-    async def _parse(self, msg: Parse) -> bytes:
+    def _parse(self, msg: Parse) -> Handled:
+        now = self.gate.analyze_now(msg.query)
+        if now is not None and len(now[0].statements) <= 1:
+            analysis, snapshot = now
+            statement = analysis.statements[0] if analysis.statements else _EMPTY
+            if statement.refusal is None and all(s.param is not None for s in statement.slots):
+                return self._prepare(msg, statement, analysis, snapshot, msg.query, {})
+        return self._parse_later(msg)
+
+    def _prepare(
+        self,
+        msg: Parse,
+        statement: Statement,
+        analysis: Analysis,
+        snapshot: CatalogSnapshot,
+        query: str,
+        known: dict[str, str],
+    ) -> bytes:
+        self.statements[msg.statement] = _Prepared(
+            statement, analysis.ticket, msg.param_types, snapshot, known
+        )
+        self.expect.append(_Expect("parse", name=msg.statement))
+        if query == msg.query:
+            return msg.wire()
+        return Parse(msg.statement, query, msg.param_types).encode()
+
+    async def _parse_later(self, msg: Parse) -> bytes:
         try:
             analysis, snapshot = await self.gate.analyze(msg.query)
             if len(analysis.statements) > 1:
@@ -397,7 +430,7 @@ class Session:
                         hint="send the statements one by one",
                     )
                 )
-            statement = analysis.statements[0] if analysis.statements else Statement("EMPTY")
+            statement = analysis.statements[0] if analysis.statements else _EMPTY
             if statement.refusal is not None:
                 await self.gate.check(statement, None)
             query, known = await self.gate.resolve_text(msg.query, analysis)
@@ -405,15 +438,26 @@ class Session:
             self.statements.pop(msg.statement, None)
             self.expect.append(_Expect("parse", refusal=refused.response))
             return Parse(msg.statement, REFUSED_SQL, ()).encode()
-        self.statements[msg.statement] = _Prepared(
-            statement, analysis.ticket, msg.param_types, snapshot, known
-        )
-        self.expect.append(_Expect("parse", name=msg.statement))
-        if query == msg.query:
-            return msg.wire()
-        return Parse(msg.statement, query, msg.param_types).encode()
+        return self._prepare(msg, statement, analysis, snapshot, query, known)
 
-    async def _bind(self, msg: Bind) -> bytes:
+    def _bind(self, msg: Bind) -> Handled:
+        prepared = self.statements.get(msg.statement)
+        if prepared is not None:
+            s = prepared.statement
+            if (
+                s.refusal is None
+                and not s.problems
+                and not s.copy_from_stdin
+                and all(slot.param is None for slot in s.slots)
+            ):
+                ticket = prepared.ticket_comment or self.gate.ticket_now()
+                run = self._run(s, prepared.known, ticket, prepared.snapshot)
+                self.portals[msg.portal] = _Portal(prepared, run, msg.result_formats)
+                self.expect.append(_Expect("bind"))
+                return msg.wire()
+        return self._bind_later(msg)
+
+    async def _bind_later(self, msg: Bind) -> bytes:
         prepared = self.statements.get(msg.statement)
         try:
             if prepared is None:
@@ -487,13 +531,24 @@ class Session:
         except UnsupportedCopyFormat as exc:
             raise Refused(error("0A000", str(exc))) from None
 
-    async def _copy_data(self, msg: CopyData) -> bytes:
+    def take_copy(self) -> Handled | None:
+        """A whole run of CopyData into protected columns, taken before the decoder parses
+        them one by one (None: the next message is not one, or no such COPY is under way)."""
+        if self.copy_in is None:
+            return None
+        run = self.est.client_decoder.take_run(_COPY_DATA)
+        return None if run is None else self._copy_in_rows(self.copy_in, _payloads(run))
+
+    def _copy_data(self, msg: CopyData) -> Handled:
         if self.copy_refused is not None:
             return b""
         if self.copy_in is None:
             return msg.wire()
+        return self._copy_in_rows(self.copy_in, msg.data)
+
+    async def _copy_in_rows(self, copy: _CopyIn, data: bytes) -> bytes:
         try:
-            return await self.copy_in.feed(msg.data)
+            return await copy.feed(data)
         except (Refused, TokenProxyError) as exc:
             response = (
                 exc.response
@@ -509,68 +564,41 @@ class Session:
 
     # ================================================================ server side
 
-    async def server_pump(self) -> None:
-        dec = self.est.server_decoder
-        reader = self.est.server_reader
-        while True:
-            out: list[bytes] = []
-            rows: list[DataRow] = []  # consecutive rows of one result: rewritten together
-            frames: list[bytes] = []  # the same, framed only (plain columns)
-            copied: list[bytes] = []  # consecutive COPY TO data: the same
-            while True:
-                msg = dec.next_message()
-                if msg is None:
-                    break
-                if type(msg) is Passthrough and msg.frame[:1] == b"D":
-                    if self.result is not None and not self.cutting:
-                        frames.append(msg.frame)  # a row to rewrite, as framed
-                    elif not self.cutting:
-                        out.append(msg.frame)  # a row of a result with nothing to rewrite
-                    continue
-                if isinstance(msg, DataRow) and self.result is not None and not self.cutting:
-                    rows.append(msg)
-                    continue
-                if isinstance(msg, CopyData) and self.copy_out is not None and not self.cutting:
-                    copied.append(msg.data)
-                    continue
-                if rows:
-                    out.extend(await self._rows(rows))
-                    rows = []
-                if frames:
-                    out.extend(await self._frames(frames))
-                    frames = []
-                if copied:
-                    out.extend(await self._copied(copied))
-                    copied = []
-                out.extend(await self.on_server(msg))
-            if rows:
-                out.extend(await self._rows(rows))
-            if frames:
-                out.extend(await self._frames(frames))
-            if copied:
-                out.extend(await self._copied(copied))
-            if out:
-                self.client_w.write(b"".join(out))
-                await self.client_w.drain()
-            data = await reader.read(READ_SIZE)
-            if not data:
-                raise _Closed
-            dec.feed(data)
+    def take_rows(self) -> Handled | None:
+        """A whole run of DataRows of a planned result, or of CopyData of a COPY TO STDOUT,
+        taken before the decoder parses them one by one (None: the next message is not
+        one)."""
+        kind = self._taking
+        if not kind:
+            return None
+        run = self.est.server_decoder.take_run(kind)
+        if run is None:
+            return None
+        if self.cutting:
+            return []
+        if kind == _COPY_DATA:
+            copy = self.copy_out
+            return run if copy is None else self._copy_rows(copy, _payloads(run))
+        return self._rows(run)
 
-    async def _frames(self, frames: list[bytes]) -> list[bytes]:
-        assert self.result is not None
+    def _rows(self, run: bytes) -> Handled:
+        """DataRows (one or more frames) of the current result, rewritten."""
+        result = self.result
+        if result is None:
+            return run  # planned: no column of this result is protected
+        if result.framed:
+            try:
+                out = result.rewrite_run_now(run)
+            except ResultCut as cut:
+                return self._cut(cut.response)
+            if out is not None:
+                return out
+        return self._rows_later(result, run)
+
+    async def _rows_later(self, result: RowRewriter, run: bytes) -> list[bytes]:
+        """`_rows` with I/O: tokens not cached yet, reveals to authorize."""
         try:
-            return await self.result.rewrite_frames(frames)
-        except ResultCut as cut:
-            return self._cut(cut.response)
-
-    async def _copied(self, chunks: list[bytes]) -> list[bytes]:
-        return await self._copy_out_data(CopyData(b"".join(chunks)))
-
-    async def _rows(self, rows: list[DataRow]) -> list[bytes]:
-        assert self.result is not None
-        try:
-            return await self.result.rewrite(rows)
+            return [await result.rewrite_run(run)]
         except ResultCut as cut:
             return self._cut(cut.response)
 
@@ -586,59 +614,78 @@ class Session:
             self.expect[0].runs = []
         return [response.encode()]
 
-    async def on_server(self, msg: Any) -> list[bytes]:
+    def on_server(self, msg: Any) -> Handled:
+        """The bytes to send the client for one server message (a coroutine if it may
+        wait)."""
         if type(msg) is Passthrough:
             msg = self._typed(msg.frame)
-        if not isinstance(msg, DataRow):
-            self._rows_passthrough(False)
-        if isinstance(msg, ReadyForQuery):
+        kind = type(msg)
+        self._taking = 0  # a run of rows or COPY data ends at any other message
+        if kind is ReadyForQuery:
             self.cutting = False
             self.result = None
             self.copy_out = None
             head = self.expect.popleft() if self.expect else None
             if head is not None and head.kind not in ("sync", "query", "function"):
                 raise ProtocolError("ReadyForQuery arrived before the answers it follows")
-            return [msg.wire()]
-        if isinstance(msg, ParameterStatus):
+            return msg.wire()  # type: ignore[no-any-return]
+        if kind is ParameterStatus:
             self._parameter(msg)
-            return [msg.wire()]
-        if isinstance(msg, NoticeResponse):
-            return [NoticeResponse(self._scrub(msg.fields)).encode()]
+            return msg.wire()  # type: ignore[no-any-return]
+        if kind is NoticeResponse:
+            return NoticeResponse(self._scrub(msg.fields)).encode()
         if self.cutting:
             return []
         head = self.expect[0] if self.expect else None
         if head is not None and head.kind == "execute" and not head.planned:
             head.planned = True
-            if not isinstance(msg, ErrorResponse):
-                cut = await self._plan_execute(head)
-                if cut:
-                    return cut
-        if isinstance(msg, DataRow):
-            if self.result is not None:
-                return await self._rows([msg])
+            if kind is not ErrorResponse:
+                return self._planned(head, msg)
+        return self._answer(head, msg)
+
+    def _planned(self, head: _Expect, msg: Any) -> Handled:
+        """The first answer to an Execute, after its rows are planned."""
+        planning = self._plan_execute(head)
+        if not isinstance(planning, list):
+            return self._after(planning, head, msg)
+        return planning or self._answer(head, msg)
+
+    async def _after(self, planning: Awaitable[list[bytes]], head: _Expect, msg: Any
+                     ) -> list[bytes]:
+        cut = await planning
+        if cut:
+            return cut
+        answer = self._answer(head, msg)
+        if not isinstance(answer, bytes | list):
+            answer = await answer
+        return [answer] if isinstance(answer, bytes) else answer
+
+    def _answer(self, head: _Expect | None, msg: Any) -> Handled:
+        if type(msg) is DataRow:  # the first row of an Execute: planned just now
             if head is None or head.kind not in ("execute", "query"):
                 raise ProtocolError("a DataRow outside of a result")
-            return [msg.wire()]  # planned: no column of this result is protected
-        if isinstance(msg, NotificationResponse):
-            return [msg.wire()]
+            self._taking = _DATA_ROW
+            return self._rows(msg.wire())
+        if type(msg) is NotificationResponse:
+            return msg.wire()
         if head is None:
             if isinstance(msg, ErrorResponse):  # FATAL at shutdown, say
-                return [ErrorResponse(self._scrub(msg.fields)).encode()]
+                return ErrorResponse(self._scrub(msg.fields)).encode()
             raise ProtocolError(f"unexpected {type(msg).__name__} from the server")
         if isinstance(msg, ErrorResponse):
             return self._error(head, msg)
         kind = head.kind
         if kind in ("parse", "bind", "close"):
             self.expect.popleft()
-            return [msg.wire()]
+            return msg.wire()  # type: ignore[no-any-return]
         if kind == "describe":
             return self._described(head, msg)
         if kind == "execute":
-            return await self._executing(head, msg)
+            return self._executing(head, msg)
         if kind == "query":
-            return await self._querying(head, msg)
+            return self._querying(head, msg)
         if kind == "function":
-            return [msg.wire()]
+            return msg.wire()  # type: ignore[no-any-return]
         raise ProtocolError(f"unexpected {type(msg).__name__} from the server")
 
     def _parameter(self, msg: ParameterStatus) -> None:
@@ -689,25 +736,24 @@ class Session:
             head.portal.description, head.portal.described = fields, True
         return [] if head.internal else [msg.wire()]
 
-    async def _executing(self, head: _Expect, msg: Any) -> list[bytes]:
+    def _executing(self, head: _Expect, msg: Any) -> Handled:
         run = head.run
         assert run is not None
         if isinstance(msg, CommandComplete | PortalSuspended | EmptyQueryResponse):
             self.expect.popleft()
             self.result = None
-            self._rows_passthrough(False)  # the next Execute's rows are planned for it
             if isinstance(msg, CommandComplete):
                 self._completed(run)
-            return [msg.wire()]
+            return msg.wire()
         if isinstance(msg, CopyOutResponse):
             return self._start_copy_out(run, msg)
         if isinstance(msg, CopyData | CopyDone):
-            return await self._copy_out_data(msg)
+            return self._copy_out_data(msg)
         if isinstance(msg, CopyInResponse):
-            return [msg.wire()]
+            return msg.wire()
         raise ProtocolError(f"unexpected {type(msg).__name__} answering an Execute")
 
-    async def _plan_execute(self, head: _Expect) -> list[bytes]:
+    def _plan_execute(self, head: _Expect) -> Planning:
         """Plan the rows an Execute is about to return (its portal's description)."""
         portal = head.portal
         assert portal is not None and head.run is not None
@@ -719,10 +765,11 @@ class Session:
             return self._cut(
                 error(INSUFFICIENT_PRIVILEGE, "the rows of this portal could not be described")
             )
-        return await self.start_rows(head.run, fields)
+        return self.start_rows(head.run, fields)
 
-    async def start_rows(self, run: _Run, fields: Sequence[FieldDescription]) -> list[bytes]:
-        """Plan the rows of a result; a plan that cannot be made cuts the result."""
+    def start_rows(self, run: _Run, fields: Sequence[FieldDescription]) -> Planning:
+        """Plan the rows of a result (a coroutine if the catalog must reload first); a
+        plan that cannot be made cuts the result."""
         if run.undeclared:
             self.result = None
             return self._cut(
@@ -733,18 +780,50 @@ class Session:
                     hint="declare the cursor or prepare the statement in this session",
                 )
             )
+        fields = tuple(fields)  # a tuple already: the same object, kept by identity
+        plan = self._cached_plan(run, fields)
+        if plan is None:
+            if run.snapshot is not None and _unknown_columns(run.snapshot, fields):
+                return self._start_rows_later(run, fields)
+            try:
+                plan = self._plan(run, fields, run.snapshot)
+            except ResultCut as cut:
+                return self._cut(cut.response)
+        self._use(run, plan)
+        return []
+
+    async def _start_rows_later(
+        self, run: _Run, fields: tuple[FieldDescription, ...]
+    ) -> list[bytes]:
+        """A column of a relation the catalog does not know (created since it was read,
+        or in this very transaction, where the catalog cannot see it) makes the catalog
+        reload; still unknown, the result is cut: its lineage is not known, so its values
+        cannot be let through."""
+        self.gate.catalog.invalidate()
         try:
-            fields = tuple(fields)  # a tuple already: the same object, kept by identity
-            plan = self._cached_plan(run, fields) or await self._plan(run, fields)
+            snapshot = await self.gate.catalog.snapshot()
+        except CatalogUnavailableError:
+            return self._cut(
+                error(CANNOT_CONNECT_NOW, "the upstream catalog cannot be read; try again")
+            )
+        if _unknown_columns(snapshot, fields):
+            return self._cut(
+                error(
+                    INSUFFICIENT_PRIVILEGE,
+                    "a result column comes from a relation tokenproxy's catalog does not "
+                    "know (created in this transaction?), so its lineage cannot be checked",
+                    hint="commit the schema change, then run the query again",
+                )
+            )
+        try:
+            self._use(run, self._plan(run, fields, snapshot))
         except ResultCut as cut:
             return self._cut(cut.response)
-        if plan.passthrough:
-            self.result = None
-            self._rows_passthrough(True)
-        else:
-            self.result = RowRewriter(plan, self._tokens(run, plan))
-            self._rows_passthrough(self.result.framed)  # plain columns: rewritten as framed
         return []
+
+    def _use(self, run: _Run, plan: ResultPlan) -> None:
+        """Rewrite the coming rows with ``plan``."""
+        self.result = None if plan.passthrough else RowRewriter(plan, self._tokens(run, plan))
 
     def _plan_key(self, run: _Run, fields: tuple[FieldDescription, ...]) -> tuple[Any, ...]:
         # By identity: a prepared statement's fields, or a RowDescription decoded once per
@@ -765,42 +844,15 @@ class Session:
             return hit[3]
         return None
 
-    async def _plan(self, run: _Run, fields: tuple[FieldDescription, ...]) -> ResultPlan:
-        """Plan ``run``'s rows. A column of a relation the catalog does not know (created
-        since it was read, or in this very transaction, where the catalog cannot see it)
-        makes the catalog reload; still unknown, the result is cut: its lineage is not
-        known, so its values cannot be let through."""
-        key = self._plan_key(run, fields)
-        snapshot = run.snapshot
-        if snapshot is not None and _unknown_columns(snapshot, fields):
-            self.gate.catalog.invalidate()
-            try:
-                snapshot = await self.gate.catalog.snapshot()
-            except CatalogUnavailableError:
-                raise ResultCut(
-                    error(CANNOT_CONNECT_NOW, "the upstream catalog cannot be read; try again")
-                ) from None
-            if _unknown_columns(snapshot, fields):
-                raise ResultCut(
-                    error(
-                        INSUFFICIENT_PRIVILEGE,
-                        "a result column comes from a relation tokenproxy's catalog does not "
-                        "know (created in this transaction?), so its lineage cannot be checked",
-                        hint="commit the schema change, then run the query again",
-                    )
-                )
+    def _plan(
+        self, run: _Run, fields: tuple[FieldDescription, ...], snapshot: CatalogSnapshot | None
+    ) -> ResultPlan:
+        """Plan ``run``'s rows against ``snapshot`` (one that knows every column)."""
         plan = plan_result(fields, run.outputs, snapshot, self.encoding, echo=bool(run.known))
         if len(self._plans) >= _PLAN_CACHE:
             self._plans.clear()
-        self._plans[key] = (run.statement, run.snapshot, fields, plan)
+        self._plans[self._plan_key(run, fields)] = (run.statement, run.snapshot, fields, plan)
         return plan
-
-    def _rows_passthrough(self, on: bool) -> None:
-        """Let the decoder frame DataRows without parsing them (a result with nothing to
-        rewrite), or parse them again."""
-        if on != self._rows_framed:
-            self._rows_framed = on
-            self.est.server_decoder.passthrough = _FRAMED_ROWS if on else _FRAMED
 
     def _parse_frame(self, frame: bytes) -> Any:
         msg = decode_frontend(frame)
@@ -847,28 +899,44 @@ class Session:
             reveal = reveal_fn
         return Tokens(self.ctx.engine(), self.ctx.store, reveal, run.known)
 
-    async def _querying(self, head: _Expect, msg: Any) -> list[bytes]:
+    def _querying(self, head: _Expect, msg: Any) -> Handled:
         run = head.runs[head.index] if head.index < len(head.runs) else None
         if isinstance(msg, RowDescription):
             if run is None:
                 raise ProtocolError("a RowDescription for no statement")
-            cut = await self.start_rows(run, msg.fields)
-            return cut or [msg.wire()]
+            return self._describing_rows(run, msg)
         if isinstance(msg, CommandComplete | EmptyQueryResponse):
             self.result = None
             if run is not None and isinstance(msg, CommandComplete):
                 self._completed(run)
             head.index += 1
-            return [msg.wire()]
+            return msg.wire()
         if isinstance(msg, CopyOutResponse):
             if run is None:
                 raise ProtocolError("a CopyOutResponse for no statement")
             return self._start_copy_out(run, msg)
         if isinstance(msg, CopyData | CopyDone):
-            return await self._copy_out_data(msg)
+            return self._copy_out_data(msg)
         if isinstance(msg, CopyInResponse):
-            return [msg.wire()]
+            return msg.wire()
         raise ProtocolError(f"unexpected {type(msg).__name__} answering a Query")
+
+    def _describing_rows(self, run: _Run, msg: RowDescription) -> Handled:
+        planning = self.start_rows(run, msg.fields)
+        if not isinstance(planning, list):
+            return self._described_later(planning, msg)
+        if planning:
+            return planning
+        self._taking = _DATA_ROW  # the rows follow
+        return msg.wire()
+
+    async def _described_later(self, planning: Awaitable[list[bytes]], msg: RowDescription
+                               ) -> list[bytes]:
+        cut = await planning
+        if cut:
+            return cut
+        self._taking = _DATA_ROW
+        return [msg.wire()]
 
     def _completed(self, run: _Run) -> None:
         """Session state a completed statement changes."""
@@ -892,6 +960,7 @@ class Session:
             return self._cut(
                 error(INSUFFICIENT_PRIVILEGE, "the columns of this COPY cannot be checked")
             )
+        self._taking = _COPY_DATA
         if outputs is None or not any(o.protected for o in outputs):
             self.copy_out = None
             return [msg.wire()]
@@ -904,50 +973,90 @@ class Session:
                 columns=len(outputs),
             )
         except UnsupportedCopyFormat as exc:
+            self._taking = 0
             return self._cut(error("0A000", str(exc), hint="COPY protected columns as text or csv"))
         self.copy_out = _CopyOut(self, run, outputs, reader)
         return [msg.wire()]
 
-    async def _copy_out_data(self, msg: CopyData | CopyDone) -> list[bytes]:
-        if self.copy_out is None:
-            return [msg.wire()]
+    def _copy_out_data(self, msg: CopyData | CopyDone) -> Handled:
+        copy = self.copy_out
+        if copy is None:
+            return msg.wire()
+        if isinstance(msg, CopyData):
+            return self._copy_rows(copy, msg.data)
         try:
-            if isinstance(msg, CopyDone):
-                self.copy_out.reader.finish()
-                self.copy_out = None
-                return [msg.wire()]
-            return await self.copy_out.feed(msg.data)
+            copy.reader.finish()
+        except TokenProxyError:
+            return self._cut(_COPY_UNREADABLE)
+        self.copy_out = None
+        return msg.wire()
+
+    async def _copy_rows(self, copy: _CopyOut, data: bytes) -> list[bytes]:
+        try:
+            return await copy.feed(data)
         except ResultCut as cut:
             return self._cut(cut.response)
         except TokenProxyError:
-            return self._cut(error("0A000", "a COPY row could not be read; the COPY was cut"))
+            return self._cut(_COPY_UNREADABLE)
 
     # ================================================================ the session
 
     async def run(self) -> None:
-        self.client_w.write(self.est.ready.wire())
+        est = self.est
         started = time.monotonic()
-        client = asyncio.create_task(self.client_pump(), name="pg-client")
-        server = asyncio.create_task(self.server_pump(), name="pg-server")
+        ended: asyncio.Future[tuple[BaseException, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def end(exc: BaseException, side: str = "") -> None:
+            if not ended.done():
+                ended.set_result((exc, side))
+
+        def lost() -> None:
+            end(Ended())
+
+        client = Link(est.client_reader, est.client_writer, lambda d: self._client.feed(d), lost)
+        server = Link(est.server_reader, est.server_writer, lambda d: self._server.feed(d), lost)
+        client.peer, server.peer = server, client
+        self._client = Pump(est.client_decoder, self.on_client, client, server,
+                            lambda exc: end(exc, "client"), take=self.take_copy)
+        self._server = Pump(est.server_decoder, self.on_server, server, client, end,
+                            take=self.take_rows)
+        client.write(est.ready.wire())
+        early = (client.take_over(), server.take_over())
         try:
-            done, _ = await asyncio.wait({client, server}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                exc = task.exception()
-                if exc is not None and not isinstance(exc, _Closed | ConnectionError):
-                    log.error("pg.session_failed", agent=self.agent, error=type(exc).__name__)
-                    with contextlib.suppress(Exception):
-                        self.client_w.write(
-                            error("XX000", "tokenproxy ended this session on an internal "
-                                  "error; reconnect").encode()
-                        )
+            for pump, data in zip((self._client, self._server), early, strict=True):
+                if data:
+                    pump.decoder.feed(data)
+                pump.run()
+            exc, side = await ended
         finally:
-            for task in (client, server):
-                task.cancel()
-            for task in (client, server):
-                with contextlib.suppress(BaseException):
-                    await task
-            log.info("pg.session_end", agent=self.agent,
-                     seconds=round(time.monotonic() - started, 3))
+            for pump in (self._client, self._server):
+                pump.stopped = True
+                if pump.waiting is not None:
+                    pump.waiting.cancel()
+                    with contextlib.suppress(BaseException):
+                        await pump.waiting
+        if isinstance(exc, ProtocolError) and side == "client":
+            client.write(exc.to_error_response().encode())
+        elif not isinstance(exc, Ended | ConnectionError):
+            log.error("pg.session_failed", agent=self.agent, error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                client.write(
+                    error("XX000", "tokenproxy ended this session on an internal "
+                          "error; reconnect").encode()
+                )
+        log.info("pg.session_end", agent=self.agent, seconds=round(time.monotonic() - started, 3))
+
+
+def _payloads(run: bytes) -> bytes:
+    """The data of a run of CopyData frames, back to back."""
+    parts, pos, end = [], 0, len(run)
+    while pos < end:
+        (size,) = _LENGTH_FROM(run, pos + 1)
+        parts.append(run[pos + 5 : pos + 1 + size])
+        pos += 1 + size
+    return b"".join(parts)
 
 
 def _unknown_columns(snapshot: CatalogSnapshot, fields: Sequence[FieldDescription]) -> bool:

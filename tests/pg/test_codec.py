@@ -1186,6 +1186,230 @@ def test_a_scram_exchange_decoded_with_hints() -> None:
 
 
 # ============================================================================
+# Runs of DataRows (take_data_rows)
+# ============================================================================
+
+
+def _frames(run: bytes) -> list[bytes]:
+    """The DataRow frames of a run, each checked to be one."""
+    out, p = [], 0
+    while p < len(run):
+        assert run[p] == 0x44
+        end = p + 1 + int.from_bytes(run[p + 1 : p + 5], "big")
+        out.append(run[p:end])
+        p = end
+    assert p == len(run)
+    return out
+
+
+def drain_runs(decoder: BackendDecoder, out: list[bytes] | None = None) -> list[bytes]:
+    """Everything buffered, as a session reads it: runs of DataRows first, then one message
+    at a time. Each item is a run or one other message's wire bytes (added to ``out``)."""
+    out = [] if out is None else out
+    while True:
+        run = decoder.take_data_rows()
+        if run is not None:
+            assert run
+            out.append(run)
+            continue
+        message = decoder.next_message()
+        if message is None:
+            return out
+        out.append(message.wire())
+
+
+def feed_runs(decoder: BackendDecoder, data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    """`feed_in_chunks` with `drain_runs`: the frames, runs split back into rows."""
+    out: list[bytes] = []
+    start = 0
+    for cut in [*sorted(cuts), len(data)]:
+        decoder.feed(data[start:cut])
+        start = cut
+        for item in drain_runs(decoder):
+            out += _frames(item) if item[0] == 0x44 else [item]
+    return out
+
+
+ROWS = [DataRow((str(i).encode(), b"Alice" * i, None)) for i in range(4)]
+RESULT = [
+    RowDescription((FieldDescription("id"), FieldDescription("name"), FieldDescription("n"))),
+    *ROWS,
+    NoticeResponse({"S": "NOTICE", "M": "mid-result"}),
+    *ROWS[:2],
+    CommandComplete("SELECT 6"),
+    ReadyForQuery("I"),
+    DataRow(()),
+]
+RESULT_WIRE = b"".join(m.encode() for m in RESULT)
+
+
+def test_runs_fed_whole_are_the_longest_runs() -> None:
+    decoder = BackendDecoder()
+    decoder.feed(RESULT_WIRE)
+    rows = b"".join(r.encode() for r in ROWS)
+    assert drain_runs(decoder) == [
+        RESULT[0].encode(),
+        rows,
+        RESULT[5].encode(),
+        rows[: len(ROWS[0].encode() + ROWS[1].encode())],
+        CommandComplete("SELECT 6").encode(),
+        ReadyForQuery("I").encode(),
+        DataRow(()).encode(),
+    ]
+    assert decoder.buffered == 0
+    only_rows = BackendDecoder()
+    only_rows.feed(rows)
+    assert only_rows.take_data_rows() is rows  # a whole chunk of rows: not copied
+    assert only_rows.take_data_rows() is None
+
+
+def test_runs_at_every_split_point_and_byte_by_byte() -> None:
+    expected = [m.encode() for m in RESULT]
+    for cut in range(len(RESULT_WIRE) + 1):
+        assert feed_runs(BackendDecoder(), RESULT_WIRE, [cut]) == expected, cut
+    assert feed_runs(BackendDecoder(), RESULT_WIRE, range(1, len(RESULT_WIRE))) == expected
+
+
+def test_a_row_split_across_feeds_waits_then_joins_its_run() -> None:
+    one, two, three = (r.encode() for r in ROWS[1:])
+    decoder = BackendDecoder()
+    decoder.feed(one + two[:3])
+    assert decoder.take_data_rows() == one
+    assert decoder.take_data_rows() is None  # two is not complete
+    assert decoder.next_message() is None
+    assert decoder.buffered == 3
+    decoder.feed(two[3:-1])
+    assert decoder.take_data_rows() is None
+    decoder.feed(two[-1:] + three[:7])  # fed in pieces, never drained between them
+    decoder.feed(three[7:])
+    decoder.feed(one)
+    assert decoder.take_data_rows() == two + three + one
+    assert decoder.buffered == 0
+    # Rows in the buffer, then a row completed only by a later feed: one run.
+    decoder.feed(one + two + three[:5])
+    decoder.feed(three[5:])
+    assert decoder.take_data_rows() == one + two + three
+
+
+@given(st.lists(backend_typed | st.builds(DataRow, values), max_size=16), st.data())
+def test_generated_streams_in_runs(messages: list[Message], data: st.DataObject) -> None:
+    wire = b"".join(m.encode() for m in messages)
+    cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=10))
+    assert feed_runs(BackendDecoder(), wire, cuts) == [m.encode() for m in messages]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"D\xff\xff\xff\xff", b"D\x00\x00\x00\x05", b"D\x40\x00\x00\x05"],  # -1, 4, 1 GiB + 1
+)
+def test_a_bad_data_row_length_ends_the_run_then_fails(header: bytes) -> None:
+    rows = b"".join(r.encode() for r in ROWS)
+    decoder = BackendDecoder()
+    decoder.feed(rows + header)
+    expected = BackendDecoder()
+    expected.feed(header)
+    with pytest.raises(ProtocolError) as reference:
+        expected.next_message()
+    assert decoder.take_data_rows() == rows  # the rows before it are good
+    with pytest.raises(ProtocolError) as first:
+        decoder.take_data_rows()
+    assert str(first.value) == str(reference.value)
+    assert decoder.broken
+    with pytest.raises(ProtocolError) as again:
+        decoder.take_data_rows()
+    assert again.value is first.value
+    with pytest.raises(ProtocolError) as then:
+        decoder.next_message()
+    assert then.value is first.value
+
+
+def test_data_row_limits_are_the_decoders() -> None:
+    small = BackendDecoder(max_message_size=1000)
+    small.feed(b"D\x00\x00\x03\xec")  # a payload of exactly 1000: allowed, waits
+    assert small.take_data_rows() is None
+    assert small.buffered == 5
+    smaller = BackendDecoder(max_message_size=1000)
+    smaller.feed(DataRow((b"x",)).encode() + b"D\x00\x00\x03\xed")
+    assert smaller.take_data_rows() == DataRow((b"x",)).encode()
+    with pytest.raises(ProtocolError, match="over the limit"):
+        smaller.take_data_rows()
+
+
+def test_runs_respect_the_decoder_state() -> None:
+    broken = BackendDecoder()
+    broken.feed(b"Z\x00\x00\x00\x06" + ROWS[0].encode())
+    with pytest.raises(ProtocolError) as first:
+        broken.next_message()
+    with pytest.raises(ProtocolError) as again:
+        broken.take_data_rows()
+    assert again.value is first.value
+    # An encryption answer is due: not a DataRow, whatever the bytes say.
+    decoder = BackendDecoder()
+    decoder.expect_encryption_response()
+    decoder.feed(b"N" + ROWS[0].encode())
+    assert decoder.take_data_rows() is None
+    assert decoder.next_message() == EncryptionResponse("N")
+    assert decoder.take_data_rows() == ROWS[0].encode()
+    accepted = BackendDecoder()
+    accepted.expect_encryption_response()
+    accepted.feed(b"S")
+    assert accepted.next_message() == EncryptionResponse("S")
+    accepted.feed(ROWS[0].encode())  # injected cleartext: next_message refuses it
+    assert accepted.take_data_rows() is None
+    with pytest.raises(ProtocolError):
+        accepted.next_message()
+    with pytest.raises(ProtocolError):
+        accepted.take_data_rows()
+
+
+def _run_outcome(data: bytes, cuts: Iterable[int]) -> tuple[bytes, bool]:
+    """What a session reading runs accepts of ``data`` (in order), and whether it failed."""
+    decoder = BackendDecoder()
+    out: list[bytes] = []
+    try:
+        start = 0
+        for cut in [*sorted(cuts), len(data)]:
+            decoder.feed(data[start:cut])
+            start = cut
+            drain_runs(decoder, out)
+    except ProtocolError:
+        return b"".join(out), True
+    return b"".join(out), False
+
+
+def _framed_outcome(data: bytes, cuts: Iterable[int]) -> tuple[bytes, bool]:
+    """The same through next_message alone, DataRows framed only (as runs are)."""
+
+    def make() -> BackendDecoder:
+        decoder = BackendDecoder()
+        decoder.passthrough = {b"D"}
+        return decoder
+
+    messages, failed = _outcome(make, data, cuts)
+    return b"".join(m.wire() for m in messages), failed
+
+
+@_FUZZ
+@given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=5))
+def test_fuzz_runs_accept_what_framing_accepts(data: bytes, cuts: list[int]) -> None:
+    cuts = [c for c in cuts if c <= len(data)]
+    expected = _framed_outcome(data, cuts)
+    assert _run_outcome(data, cuts) == expected
+    assert _run_outcome(data, range(1, len(data))) == expected
+
+
+@_FUZZ
+@given(
+    st.lists(st.builds(DataRow, values) | backend_typed, min_size=1, max_size=8),
+    st.randoms(use_true_random=False),
+)
+def test_fuzz_mutated_streams_of_rows(messages: list[Message], rnd: random.Random) -> None:
+    data = _mutate(b"".join(m.encode() for m in messages), rnd)
+    cuts = [rnd.randrange(len(data) + 1) for _ in range(3)]
+    assert _run_outcome(data, cuts) == _framed_outcome(data, cuts)
+
+
+# ============================================================================
 # Encoders refuse what the wire cannot carry
 # ============================================================================
 

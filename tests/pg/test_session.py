@@ -88,7 +88,9 @@ class RawSession:
         """The messages up to and including the next ReadyForQuery."""
         seen: list[Any] = []
         while not any(isinstance(m, ReadyForQuery) for m in seen):
-            self.decoder.feed(await asyncio.wait_for(self.reader.read(65536), 10))
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            assert data, f"the connection closed before ReadyForQuery (after {seen})"
+            self.decoder.feed(data)
             seen += list(self.decoder.messages())
         return seen
 

@@ -1,0 +1,88 @@
+"""A session's connection, taken over from start-up's streams as an asyncio protocol.
+
+Start-up runs on streams (simple, once per connection); a session runs on protocol
+callbacks: the bytes that arrive are handed to the session in ``data_received`` and
+handled there, with no stream buffer and no task switch in between (what most of a
+point select's time went to). Flow control both ways: when a link's transport holds too
+much unsent, reading from its peer pauses until it drains. A link may also be paused for
+a reason of the session's own (a backlog while a message waits on I/O); reading resumes
+when no reason is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+__all__ = ["Link"]
+
+FLOW = "flow"  # the peer's transport is full
+
+
+class Link(asyncio.Protocol):
+    """One connection of a session (see the module docstring)."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_data: Callable[[bytes], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self.transport = cast(asyncio.Transport, writer.transport)
+        self._reader = reader
+        self._streams = self.transport.get_protocol()  # start-up's: told when the link ends
+        self._on_data = on_data
+        self._on_lost = on_lost
+        self.peer: Link | None = None
+        self._paused: set[str] = set()
+
+    def take_over(self) -> bytes:
+        """Become the transport's protocol; the bytes start-up's stream had read and not
+        handed out (rare: the peer spoke before it was answered)."""
+        buffered = getattr(self._reader, "_buffer", None)  # StreamReader keeps no public view
+        left = bytes(buffered) if buffered else b""
+        if buffered:
+            buffered.clear()
+        self.transport.set_protocol(self)
+        self.transport.resume_reading()  # the stream may have paused it
+        if self._reader.at_eof():
+            self._on_lost()
+        return left
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause(self, reason: str) -> None:
+        """Stop reading for ``reason`` (until `resume` with the same reason)."""
+        if not self._paused:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused:
+                self.transport.resume_reading()
+
+    # ---- asyncio.Protocol
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def eof_received(self) -> bool:
+        self._on_lost()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._streams.connection_lost(exc)  # start-up's wait_closed() returns
+        self._on_lost()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause(FLOW)
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.resume(FLOW)

@@ -1,0 +1,140 @@
+"""One direction of a session: messages handled in order, synchronously until one waits.
+
+A handler returns the bytes to send on (``bytes`` or a list of them) when it can answer
+without I/O: on a warm cache that is every message of a query, handled in the callback
+that received it, with no task switch. Otherwise it returns a coroutine (a catalog to
+reload, a token not cached, a reveal to audit), which runs in a task; the messages after
+it wait their turn (reading pauses if they pile up): their order never changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from proxy.pg.link import Link
+
+__all__ = ["Ended", "Pump"]
+
+BACKLOG = 1 << 20  # bytes buffered behind a waiting message before reading pauses
+_BACKLOG = "backlog"
+
+Handled = bytes | list[bytes] | Coroutine[Any, Any, bytes | list[bytes]]
+
+
+class Decoder(Protocol):
+    def feed(self, data: bytes) -> None: ...
+    def next_message(self) -> Any: ...
+    @property
+    def buffered(self) -> int: ...
+
+
+class Ended(Exception):
+    """The session ends after ``last`` is sent on (a Terminate, say)."""
+
+    def __init__(self, last: bytes = b"") -> None:
+        super().__init__()
+        self.last = last
+
+
+class Pump:
+    """Messages from ``source`` decoded, handled, and their bytes written to ``sink``.
+
+    ``take``: an optional look before each message (the server side takes a whole run of
+    DataRows there); None to decode one message. ``end`` is called once, with the
+    exception that ended the pump (`Ended` for a normal end).
+    """
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        handle: Callable[[Any], Handled],
+        source: Link,
+        sink: Link,
+        end: Callable[[BaseException], None],
+        take: Callable[[], Handled | None] | None = None,
+    ) -> None:
+        self.decoder = decoder
+        self.handle = handle
+        self.source = source
+        self.sink = sink
+        self.end = end
+        self.take = take
+        self.waiting: asyncio.Task[None] | None = None
+        self.stopped = False
+
+    def feed(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        try:
+            self.decoder.feed(data)
+        except Exception as exc:  # a decoder that failed before: the session is ending
+            self._stop(exc)
+            return
+        if self.waiting is None:
+            self.run()
+        elif self.decoder.buffered > BACKLOG:
+            self.source.pause(_BACKLOG)
+
+    def run(self) -> None:
+        """Handle every complete message buffered, until one waits or none is left."""
+        out: list[bytes] = []
+        next_message, handle, take = self.decoder.next_message, self.handle, self.take
+        try:
+            while not self.stopped:
+                result = take() if take is not None else None
+                if result is None:
+                    msg = next_message()
+                    if msg is None:
+                        break
+                    result = handle(msg)
+                kind = type(result)
+                if kind is bytes:
+                    out.append(result)  # type: ignore[arg-type]
+                    continue
+                if kind is list:
+                    out.extend(result)  # type: ignore[arg-type]
+                    continue
+                self.waiting = asyncio.ensure_future(self._later(result))  # type: ignore[arg-type]
+                break
+        except BaseException as exc:
+            self._write(out)
+            self._stop(exc)
+            return
+        self._write(out)
+
+    async def _later(self, coro: Coroutine[Any, Any, bytes | list[bytes]]) -> None:
+        """Run a handler that may wait, send its bytes, then go on with the rest."""
+        try:
+            value = await coro
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._stop(exc)
+            return
+        out: list[bytes] = []
+        _add(out, value)
+        self._write(out)
+        self.waiting = None
+        self.source.resume(_BACKLOG)
+        self.run()
+
+    def _write(self, out: list[bytes]) -> None:
+        if out and not self.stopped:
+            self.sink.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _stop(self, exc: BaseException) -> None:
+        if self.stopped:
+            return
+        if isinstance(exc, Ended) and exc.last:
+            self.sink.write(exc.last)
+        self.stopped = True
+        self.end(exc)
+
+
+def _add(out: list[bytes], value: bytes | list[bytes]) -> None:
+    if isinstance(value, bytes):
+        out.append(value)
+    else:
+        out.extend(value)

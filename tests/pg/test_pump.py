@@ -1,0 +1,175 @@
+"""The session's pump over real sockets: order kept through messages that wait, reading
+paused behind a backlog and while the peer's transport is full, a clean end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from proxy.pg.codec import BackendDecoder
+from proxy.pg.link import Link
+from proxy.pg.messages import CommandComplete
+from proxy.pg.pump import BACKLOG, Ended, Handled, Pump
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _streams(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(sock=sock)
+
+
+@dataclass
+class Rig:
+    """source client -> [source link | pump | sink link] -> sink client"""
+
+    feeder: asyncio.StreamWriter  # writes what the pump reads
+    drain: asyncio.StreamReader  # reads what the pump writes
+    source: Link
+    sink: Link
+    pump: Pump
+    ended: list[BaseException] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    handled: list[str] = field(default_factory=list)
+
+    async def read_tags(self, count: int) -> list[str]:
+        data = b""
+        while data.count(b";") < count:
+            chunk = await asyncio.wait_for(self.drain.read(65536), 10)
+            assert chunk, "the pump's side closed"
+            data += chunk
+        return data.decode().split(";")[:-1]
+
+
+@contextlib.asynccontextmanager
+async def rig() -> AsyncIterator[Rig]:
+    a_out, a_in = socket.socketpair()  # feeder -> source link
+    b_in, b_out = socket.socketpair()  # sink link -> drain
+    _, feeder = await _streams(a_out)
+    src_r, src_w = await _streams(a_in)
+    snk_r, snk_w = await _streams(b_in)
+    drain, drain_w = await _streams(b_out)
+    holder: dict[str, Pump] = {}
+    source = Link(src_r, src_w, lambda d: holder["pump"].feed(d), lambda: None)
+    sink = Link(snk_r, snk_w, lambda d: None, lambda: None)
+    source.peer, sink.peer = sink, source
+    box: list[Rig] = []
+
+    def handle(msg: Any) -> Handled:
+        tag = msg.tag
+        r = box[0]
+        r.handled.append(tag)
+        if tag == "FAIL":
+            raise RuntimeError("a handler failed")
+        if tag == "END":
+            raise Ended(b"END;")
+        if tag.startswith("WAIT"):
+            return later(r, tag)
+        return f"{tag};".encode()
+
+    async def later(r: Rig, tag: str) -> bytes:
+        await r.release.wait()
+        return f"{tag};".encode()
+
+    decoder = BackendDecoder()
+    pump = Pump(decoder, handle, source, sink, lambda exc: box[0].ended.append(exc))
+    holder["pump"] = pump
+    r = Rig(feeder, drain, source, sink, pump)
+    box.append(r)
+    source.take_over()
+    sink.take_over()
+    try:
+        yield r
+    finally:
+        for w in (feeder, src_w, snk_w, drain_w):
+            w.close()
+        if pump.waiting is not None:
+            pump.waiting.cancel()
+
+
+def cc(tag: str) -> bytes:
+    return CommandComplete(tag).encode()
+
+
+async def test_messages_keep_their_order_through_one_that_waits() -> None:
+    async with rig() as r:
+        r.feeder.write(cc("A") + cc("WAIT1") + cc("B") + cc("C"))
+        assert await r.read_tags(1) == ["A"]
+        await asyncio.sleep(0.05)
+        assert r.handled == ["A", "WAIT1"]  # B and C wait their turn
+        r.feeder.write(cc("D"))
+        await asyncio.sleep(0.05)
+        assert r.handled == ["A", "WAIT1"]
+        r.release.set()
+        assert await r.read_tags(4) == ["WAIT1", "B", "C", "D"]
+
+
+async def test_reading_pauses_behind_a_backlog_and_resumes() -> None:
+    async with rig() as r:
+        r.feeder.write(cc("WAIT"))
+        await asyncio.sleep(0.05)
+        filler = cc("x" * 1000) * (2 * BACKLOG // 1000)
+        r.feeder.write(filler)
+        for _ in range(100):
+            if not r.source.transport.is_reading():
+                break
+            await asyncio.sleep(0.02)
+        assert not r.source.transport.is_reading()
+        assert r.pump.decoder.buffered <= BACKLOG + 4 * 65536  # (what one read adds)
+        r.release.set()
+        tags = await r.read_tags(1 + 2 * BACKLOG // 1000)
+        assert tags[0] == "WAIT" and len(tags) == 1 + 2 * BACKLOG // 1000
+        assert r.source.transport.is_reading()
+
+
+async def test_a_full_sink_pauses_the_source() -> None:
+    async with rig() as r:
+        r.sink.transport.set_write_buffer_limits(high=4096)
+        r.feeder.write(cc("y" * 2000) * 4000)  # ~8 MB the drain does not read yet
+        for _ in range(100):
+            if not r.source.transport.is_reading():
+                break
+            await asyncio.sleep(0.02)
+        assert not r.source.transport.is_reading()
+        tags = await r.read_tags(4000)  # reading the drain lets everything through
+        assert len(tags) == 4000
+        for _ in range(100):
+            if r.source.transport.is_reading():
+                break
+            await asyncio.sleep(0.02)
+        assert r.source.transport.is_reading()
+
+
+async def test_a_failing_handler_ends_the_pump_after_what_came_before() -> None:
+    async with rig() as r:
+        r.feeder.write(cc("A") + cc("FAIL") + cc("B"))
+        assert await r.read_tags(1) == ["A"]
+        await asyncio.sleep(0.05)
+        assert [type(e) for e in r.ended] == [RuntimeError]
+        assert r.handled == ["A", "FAIL"]  # nothing after it
+        r.feeder.write(cc("C"))
+        await asyncio.sleep(0.05)
+        assert r.handled == ["A", "FAIL"] and len(r.ended) == 1
+
+
+async def test_a_failing_wait_ends_the_pump() -> None:
+    async with rig() as r:
+        r.feeder.write(cc("WAIT") + cc("B"))
+        await asyncio.sleep(0.05)
+        assert r.pump.waiting is not None
+        r.pump.waiting.cancel()  # the session ending under it
+        await asyncio.sleep(0.05)
+        assert r.handled == ["WAIT"]
+
+
+async def test_ended_sends_its_last_bytes() -> None:
+    async with rig() as r:
+        r.feeder.write(cc("A") + cc("END") + cc("B"))
+        assert await r.read_tags(2) == ["A", "END"]
+        assert [type(e) for e in r.ended] == [Ended]
+        assert r.handled == ["A", "END"]
