@@ -5,7 +5,9 @@ The client pump decodes what the client sends, passes each statement through the
 it appends an *expectation* to a FIFO. The server pump decodes the answers in the same
 order and, guided by the expectation at the head, rewrites results (`RowRewriter`,
 COPY rows), scrubs errors and notices, and tracks session state (prepared statements,
-portals, cursors, the ticket).
+portals, cursors, the ticket). Handlers answer synchronously when they need no I/O and
+return a coroutine when they do (see `proxy.pg.pump`): each has a ``_later`` twin that
+takes the general path.
 
 A refused statement never reaches the database. It is replaced by a message the server
 is sure to reject (a Parse or Query of text that does not parse, a Bind of a statement
@@ -171,6 +173,10 @@ class _Expect:
     planned: bool = False
 
 
+# Expectations that carry nothing and are never changed: shared.
+_SYNC, _BIND, _CLOSE = _Expect("sync"), _Expect("bind"), _Expect("close")
+
+
 @dataclass(slots=True)
 class _Prepared:
     statement: Statement
@@ -271,6 +277,7 @@ class Session:
         self.copy_refused: ErrorResponse | None = None  # COPY FROM data refused: drop the rest
         self._plans: dict[tuple[Any, ...], tuple[Statement, Any, Any, ResultPlan]] = {}
         self._descriptions: dict[bytes, Any] = {}
+        self._rewriters: dict[int, tuple[ResultPlan, RowRewriter]] = {}  # by id(plan)
         # The messages now taken in runs (DataRows of a planned result, CopyData of a COPY
         # TO STDOUT under way): their type byte, 0 for none.
         self._taking = 0
@@ -306,11 +313,11 @@ class Session:
 
     def _close(self, msg: Close) -> bytes:
         (self.statements if msg.kind == "S" else self.portals).pop(msg.name, None)
-        self.expect.append(_Expect("close"))
+        self.expect.append(_CLOSE)
         return msg.wire()
 
     def _sync(self, msg: Sync) -> bytes:
-        self.expect.append(_Expect("sync"))
+        self.expect.append(_SYNC)
         return msg.wire()
 
     def _flush(self, msg: Flush) -> bytes:
@@ -453,7 +460,7 @@ class Session:
                 ticket = prepared.ticket_comment or self.gate.ticket_now()
                 run = self._run(s, prepared.known, ticket, prepared.snapshot)
                 self.portals[msg.portal] = _Portal(prepared, run, msg.result_formats)
-                self.expect.append(_Expect("bind"))
+                self.expect.append(_BIND)
                 return msg.wire()
         return self._bind_later(msg)
 
@@ -485,7 +492,7 @@ class Session:
         run = self._run(prepared.statement, {**prepared.known, **known}, ticket, prepared.snapshot)
         portal = _Portal(prepared, run, msg.result_formats, copy_in=copy_in)
         self.portals[msg.portal] = portal
-        self.expect.append(_Expect("bind"))
+        self.expect.append(_BIND)
         return msg.wire() if bind is msg else bind.encode()
 
     def _describe(self, msg: Describe) -> bytes:
@@ -620,7 +627,15 @@ class Session:
         if type(msg) is Passthrough:
             msg = self._typed(msg.frame)
         kind = type(msg)
-        self._taking = 0  # a run of rows or COPY data ends at any other message
+        if kind is NoticeResponse:  # (may come in the middle of a result)
+            return NoticeResponse(self._scrub(msg.fields)).encode()
+        if kind is ParameterStatus:
+            self._parameter(msg)
+            return msg.wire()  # type: ignore[no-any-return]
+        if kind is NotificationResponse:
+            return msg.wire()  # type: ignore[no-any-return]
+        if kind is not DataRow:
+            self._taking = 0  # a run of rows or COPY data ends at any other message
         if kind is ReadyForQuery:
             self.cutting = False
             self.result = None
@@ -629,11 +644,6 @@ class Session:
             if head is not None and head.kind not in ("sync", "query", "function"):
                 raise ProtocolError("ReadyForQuery arrived before the answers it follows")
             return msg.wire()  # type: ignore[no-any-return]
-        if kind is ParameterStatus:
-            self._parameter(msg)
-            return msg.wire()  # type: ignore[no-any-return]
-        if kind is NoticeResponse:
-            return NoticeResponse(self._scrub(msg.fields)).encode()
         if self.cutting:
             return []
         head = self.expect[0] if self.expect else None
@@ -648,26 +658,26 @@ class Session:
         planning = self._plan_execute(head)
         if not isinstance(planning, list):
             return self._after(planning, head, msg)
-        return planning or self._answer(head, msg)
+        return planning or self._answer(head, msg, first=True)
 
     async def _after(self, planning: Awaitable[list[bytes]], head: _Expect, msg: Any
                      ) -> list[bytes]:
         cut = await planning
         if cut:
             return cut
-        answer = self._answer(head, msg)
+        answer = self._answer(head, msg, first=True)
         if not isinstance(answer, bytes | list):
             answer = await answer
         return [answer] if isinstance(answer, bytes) else answer
 
-    def _answer(self, head: _Expect | None, msg: Any) -> Handled:
-        if type(msg) is DataRow:  # the first row of an Execute: planned just now
-            if head is None or head.kind not in ("execute", "query"):
-                raise ProtocolError("a DataRow outside of a result")
+    def _answer(self, head: _Expect | None, msg: Any, first: bool = False) -> Handled:
+        """``msg`` answering ``head`` (``first``: the first answer of an Execute, its rows
+        planned just now)."""
+        if type(msg) is DataRow:
+            if not (first or self._taking == _DATA_ROW):
+                raise ProtocolError("a DataRow outside of a planned result")
             self._taking = _DATA_ROW
             return self._rows(msg.wire())
-        if type(msg) is NotificationResponse:
-            return msg.wire()
         if head is None:
             if isinstance(msg, ErrorResponse):  # FATAL at shutdown, say
                 return ErrorResponse(self._scrub(msg.fields)).encode()
@@ -823,7 +833,18 @@ class Session:
 
     def _use(self, run: _Run, plan: ResultPlan) -> None:
         """Rewrite the coming rows with ``plan``."""
-        self.result = None if plan.passthrough else RowRewriter(plan, self._tokens(run, plan))
+        if plan.passthrough:
+            self.result = None
+        elif run.known or (run.ticket and plan.customers):  # this run's own tokens
+            self.result = RowRewriter(plan, self._tokens(run, plan))
+        else:  # nothing of the run's own: the plan's rewriter serves every run of it
+            engine = self.ctx.engine()
+            hit = self._rewriters.get(id(plan))
+            if hit is None or hit[0] is not plan or hit[1].tokens.engine is not engine:
+                if len(self._rewriters) >= _PLAN_CACHE:
+                    self._rewriters.clear()
+                hit = self._rewriters[id(plan)] = (plan, RowRewriter(plan, self._tokens(run, plan)))
+            self.result = hit[1]
 
     def _plan_key(self, run: _Run, fields: tuple[FieldDescription, ...]) -> tuple[Any, ...]:
         # By identity: a prepared statement's fields, or a RowDescription decoded once per

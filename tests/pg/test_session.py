@@ -22,17 +22,24 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from proxy.crypto.tokens import Kind
 from proxy.pg.codec import BackendDecoder
 from proxy.pg.messages import (
+    AuthenticationOk,
     Bind,
+    CommandComplete,
     DataRow,
     Describe,
     ErrorResponse,
     Execute,
     FunctionCall,
+    ParameterStatus,
     Parse,
+    Query,
     ReadyForQuery,
     StartupMessage,
     Sync,
 )
+from proxy.pg.server import PgFrontEnd
+from proxy.pg.session import run_session
+from proxy.pg.startup import PgSettings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -647,6 +654,56 @@ async def test_rows_after_an_empty_result_in_a_pipeline_are_tokenized(env: PgEnv
     data = [m for m in seen if isinstance(m, DataRow)]
     assert len(data) == len(SEED)
     env.assert_no_leak(mark)
+
+
+async def test_rows_the_server_sends_without_a_description_end_the_session(
+    env: PgEnv,
+) -> None:
+    """An upstream that answers a query with DataRows and no RowDescription (no real
+    PostgreSQL does) gets nothing through: the rows cannot be planned, the session ends."""
+    secret = SEED[0].full_name
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        size = int.from_bytes(await reader.readexactly(4), "big")
+        await reader.readexactly(size - 4)  # the StartupMessage
+        writer.write(
+            AuthenticationOk().encode()
+            + ParameterStatus("client_encoding", "UTF8").encode()
+            + ParameterStatus("standard_conforming_strings", "on").encode()
+            + ReadyForQuery("I").encode()
+        )
+        while (kind := await reader.read(1)) and kind != b"X":
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            await reader.readexactly(size - 4)
+            if kind == b"Q":
+                writer.write(DataRow((secret.encode(),)).encode()
+                             + CommandComplete("SELECT 1").encode() + ReadyForQuery("I").encode())
+        writer.close()
+
+    fake = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = fake.sockets[0].getsockname()[1]
+    frontend = PgFrontEnd(PgSettings(upstream_host="127.0.0.1", upstream_port=port))
+
+    async def session(est: Any) -> None:
+        await run_session(env.ctx, est)
+
+    frontend.session = session
+    (host, bound), *_ = await frontend.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(host, bound)
+        raw = RawSession(reader, writer)
+        raw.send(StartupMessage({"user": AGENT, "database": env.database}).encode())
+        await raw.until_ready()
+        raw.send(Query("SELECT full_name FROM customers").encode())
+        data = b""
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):
+            data += chunk
+        writer.close()
+    finally:
+        await frontend.close(2.0)
+        fake.close()
+    assert secret.encode() not in data
+    assert b"XX000" in data  # tokenproxy's error, then the close
 
 
 async def test_catalog_unavailable_refuses_every_statement(module_dsn: str) -> None:
