@@ -45,9 +45,7 @@ from proxy.pg.gate import WRITE_TAGS, AnalysisCache, Gate, Refused
 from proxy.pg.link import Link
 from proxy.pg.messages import (
     Bind,
-    BindComplete,
     Close,
-    CloseComplete,
     CommandComplete,
     CopyData,
     CopyDone,
@@ -68,7 +66,6 @@ from proxy.pg.messages import (
     ParameterDescription,
     ParameterStatus,
     Parse,
-    ParseComplete,
     Passthrough,
     PortalSuspended,
     Query,
@@ -95,17 +92,12 @@ __all__ = ["PgContext", "run_session"]
 
 log = structlog.get_logger("tokenproxy.pg")
 
-# Backend messages the server pump needs only the type of (shared constant instances), or
-# parses itself once per distinct frame (RowDescription, ParameterDescription).
-_FIXED: dict[bytes, Any] = {
-    m.TYPE: m
-    for m in (ParseComplete(), BindComplete(), CloseComplete(), NoData(), PortalSuspended(),
-              EmptyQueryResponse())
-}
-_FRAMED = frozenset({*_FIXED, b"T", b"t", b"C", b"Z"})
-# Frontend messages that come back byte for byte (a prepared statement's Parse, Describe,
-# Execute, Sync): framed only, then decoded once per distinct frame.
-_CLIENT_FRAMED = frozenset({b"P", b"D", b"E", b"S", b"H", b"C"})
+# Messages that come back byte for byte (a statement's RowDescription, CommandComplete;
+# a client's Parse, Describe, Execute, Close): framed only by the decoder, then decoded
+# once per distinct frame. (The decoder answers those with no content, and
+# ReadyForQuery, with shared instances: nothing to save there.)
+_FRAMED = frozenset({b"T", b"t", b"C"})
+_CLIENT_FRAMED = frozenset({b"P", b"D", b"E", b"C"})
 _PLAN_CACHE = 256  # result plans kept per session
 _EMPTY = Statement("EMPTY")
 _DATA_ROW, _COPY_DATA = 0x44, 0x64  # the type bytes of the messages taken in runs
@@ -883,12 +875,8 @@ class Session:
         return msg
 
     def _typed(self, frame: bytes) -> Any:
-        """A message the decoder only framed: the constant ones are shared, the others
-        (RowDescription, ParameterDescription, CommandComplete, ReadyForQuery) parsed once
-        per distinct frame (a prepared statement's come back byte for byte each time)."""
-        fixed = _FIXED.get(frame[:1])
-        if fixed is not None:
-            return fixed
+        """A message the decoder only framed (RowDescription, ParameterDescription,
+        CommandComplete), parsed once per distinct frame."""
         cache = self._descriptions
         msg = cache.get(frame)
         if msg is None:
