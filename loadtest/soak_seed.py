@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from proxy.demo.seed import Customer  # the demo's record, with other names in it
+
 _LATIN_C = "bcdfghjklmnprstvwz"
 _LATIN_V = "aeiou"
 _ACCENTED_V = "áéíóúäöü"
@@ -33,19 +35,6 @@ _PHONES = (  # (country code and operator prefix, subscriber digit groups)
 WORD_RE = re.compile(r"\w+")
 PHONE_RE = re.compile(r"\+\d[\d \-]{8,20}\d")
 _UNICODE_ESCAPE = re.compile(rb"\\u([0-9a-fA-F]{4})")
-
-
-@dataclass(frozen=True)
-class Customer:
-    id: int
-    full_name: str
-    phone: str
-    notes: str
-    email: str
-    city: str
-
-    def row(self) -> tuple[int, str, str, str, str, str]:
-        return (self.id, self.full_name, self.phone, self.notes, self.email, self.city)
 
 
 def _word(rng: random.Random, cyrillic: bool, accents: bool) -> str:
