@@ -212,6 +212,8 @@ def _name(type_code: int) -> str:
 
 def _str(buf: bytes, p: int, end: int) -> tuple[str, int]:
     nul = buf.index(0, p, end)
+    if nul == p:  # (the unnamed statement or portal: most of them)
+        return "", p + 1
     return buf[p:nul].decode("utf-8", "surrogateescape"), nul + 1
 
 
@@ -226,6 +228,8 @@ def _int16s(buf: bytes, p: int, end: int) -> tuple[tuple[int, ...], int]:
     stop = p + 2 * n
     if stop > end:
         raise ValueError("array past the end of the message")
+    if n <= 1:  # (all text, or one format for all: most of them)
+        return (_I16_FROM(buf, p) if n else ()), stop
     return struct.unpack_from(f"!{n}h", buf, p), stop
 
 
@@ -235,6 +239,8 @@ def _oids(buf: bytes, p: int, end: int) -> tuple[tuple[int, ...], int]:
     stop = p + 4 * n
     if stop > end:
         raise ValueError("array past the end of the message")
+    if not n:
+        return (), stop
     return struct.unpack_from(f"!{n}I", buf, p), stop
 
 
@@ -671,6 +677,25 @@ def _parse_passthrough(buf: bytes, p: int, end: int) -> Passthrough:
     return message
 
 
+def _memoized(parser: _Parser, memo: dict[bytes, Message], limit: int) -> _Parser:
+    """``parser`` answering a frame it parsed before with the same message."""
+    get = memo.get
+
+    def parse(buf: bytes, p: int, end: int) -> Message:
+        frame = buf[p - 5 : end]
+        message = get(frame)
+        if message is None:
+            message = parser(buf, p, end)
+            if message.raw is None:
+                _set_raw(message, frame)
+            if len(memo) >= limit:
+                memo.clear()
+            memo[frame] = message
+        return message
+
+    return parse
+
+
 # (parser, smallest payload, largest payload or None for max_message_size). Payload: the
 # bytes after the Int32 length, which is how PostgreSQL states its own limits.
 _Spec = tuple[_Parser, int, int | None]
@@ -831,6 +856,21 @@ class _Decoder(Generic[_T]):
                 if not isinstance(type_byte, bytes) or len(type_byte) != 1:
                     raise CodecStateError(f"a message type is one byte, not {type_byte!r}")
         self._passthrough = chosen
+        self._rebuild_parsers()
+
+    def memoize(self, types: Iterable[bytes], limit: int = 256) -> None:
+        """Parse messages of ``types`` once per distinct frame: a frame that comes again
+        gives the same (immutable) message instance, found by its bytes. Up to ``limit``
+        distinct frames are kept; a full memo is emptied. For the messages a session sees
+        again and again with the same bytes (a statement's Parse and RowDescription, an
+        Execute, a CommandComplete)."""
+        memo: dict[bytes, Message] = {}
+        for type_byte in types:
+            if not isinstance(type_byte, bytes) or len(type_byte) != 1:
+                raise CodecStateError(f"a message type is one byte, not {type_byte!r}")
+            code = type_byte[0]
+            self._base_parsers[code] = _memoized(self._base_parsers[code], memo, limit)
+        self._tables.clear()
         self._rebuild_parsers()
 
     def _rebuild_parsers(self) -> None:

@@ -10,7 +10,7 @@ it wait their turn (reading pauses if they pile up): their order never changes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from proxy.pg.link import Link
@@ -41,8 +41,10 @@ class Ended(Exception):
 class Pump:
     """Messages from ``source`` decoded, handled, and their bytes written to ``sink``.
 
-    ``take``: an optional look before each message (the server side takes a whole run of
-    DataRows there); None to decode one message. ``end`` is called once, with the
+    ``handlers``: the handler of each message type that has its own; ``handle`` takes the
+    others. ``take``: an optional look before each message (the server side takes a whole
+    run of DataRows there), which the owner may set and clear at any time (it is read
+    before each message); None to decode one message. ``end`` is called once, with the
     exception that ended the pump (`Ended` for a normal end).
     """
 
@@ -54,9 +56,11 @@ class Pump:
         sink: Link,
         end: Callable[[BaseException], None],
         take: Callable[[], Handled | None] | None = None,
+        handlers: Mapping[type, Callable[[Any], Handled]] | None = None,
     ) -> None:
         self.decoder = decoder
         self.handle = handle
+        self.handlers = dict(handlers or {})
         self.source = source
         self.sink = sink
         self.end = end
@@ -80,15 +84,19 @@ class Pump:
     def run(self) -> None:
         """Handle every complete message buffered, until one waits or none is left."""
         out: list[bytes] = []
-        next_message, handle, take = self.decoder.next_message, self.handle, self.take
+        next_message, handle, handler_of = (
+            self.decoder.next_message, self.handle, self.handlers.get
+        )
         try:
             while not self.stopped:
+                take = self.take
                 result = take() if take is not None else None
                 if result is None:
                     msg = next_message()
                     if msg is None:
                         break
-                    result = handle(msg)
+                    handler = handler_of(type(msg))
+                    result = handle(msg) if handler is None else handler(msg)
                 kind = type(result)
                 if kind is bytes:
                     out.append(result)  # type: ignore[arg-type]

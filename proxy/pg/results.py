@@ -300,7 +300,7 @@ class RowRewriter:
                         raw = run[p:stop]
                         hit = col[0](raw)
                         if hit is not None:
-                            out[p:stop] = hit[2]  # (as long as the value: see _remember)
+                            out[p:stop] = hit  # (as long as the value: see _remember)
                         else:
                             codec = col[3]
                             text = codec.decode(raw)
@@ -310,7 +310,7 @@ class RowRewriter:
                             else:
                                 new = codec.encode(token)
                                 if len(new) == len(raw):  # (short if the run ends in it)
-                                    _remember(col, raw, (text, token, new))
+                                    _remember(col, raw, new)
                                     out[p:stop] = new
                                 else:
                                     resized.append((pos, end, p, stop, new))
@@ -360,7 +360,7 @@ class RowRewriter:
             if len(new) == len(raw):
                 confirmed = col[1](text)
                 if confirmed is not None and confirmed == token:  # only what the cache holds
-                    _remember(col, raw, (text, confirmed, new))
+                    _remember(col, raw, new)
                 out[p:stop] = new
             else:
                 resized.append((pos, end, p, stop, new))
@@ -525,8 +525,8 @@ _RUN_HEADER = struct.Struct("!BiH").unpack_from  # type byte, length, column cou
 _RUN_HEADER_LEAD = struct.Struct("!BiHi").unpack_from  # ... and the first column's length
 _FRAME_HEADER = struct.Struct("!ci").pack
 
-# The wire-value memo: per engine, kind and codec, a column's raw wire value -> (its text,
-# its token as the engine's cache held it, the token's wire bytes). Only tokens the
+# The wire-value memo: per engine, kind and codec, a column's raw wire value -> its token's
+# wire bytes (as long as the value: written in its place). Only tokens the
 # engine's cache confirmed go in; an engine maps a value to one token for its life but
 # after `forget` (a lost vault race), which empties its memos (`TokenEngine.forgotten`,
 # checked once a run), so the memo is a shortcut past decoding, encoding and the cache,
@@ -534,8 +534,7 @@ _FRAME_HEADER = struct.Struct("!ci").pack
 # more values than the engine's cache (more could not hit), a full one is cleared; an
 # engine's memos go with it (a weak reference), and only the last two engines (keyring
 # snapshots: the current one and the one before a rotation) keep theirs.
-_MemoEntry = tuple[str, str, bytes]
-_Memo = dict[bytes, _MemoEntry]
+_Memo = dict[bytes, bytes]
 _MEMO_ENGINES: Final = 2
 _MEMO_CODECS: Final = 64  # (kind, codec) pairs per engine
 # id(engine) -> (the engine, its memos by (kind, codec), [its `forgotten` when checked])
@@ -544,7 +543,7 @@ _MEMOS: dict[int, _Memos] = {}
 
 # A framed column: (memo.get, the engine's token lookup, memo, codec, kind, memo size).
 _Wire = tuple[
-    Callable[[bytes], _MemoEntry | None],
+    Callable[[bytes], bytes | None],
     Callable[[str], str | None],
     _Memo,
     ValueCodec,
@@ -589,13 +588,13 @@ def _forget_engine(key: int, ref: weakref.ref[TokenEngine]) -> None:
         del _MEMOS[key]
 
 
-def _remember(col: _Wire, raw: bytes, entry: _MemoEntry) -> None:
+def _remember(col: _Wire, raw: bytes, new: bytes) -> None:
     """Memoize a token as long as its value ``raw`` (only those: a hit is written in place
     of the value)."""
     memo = col[2]
     if len(memo) >= col[5]:
         memo.clear()
-    memo[raw] = entry
+    memo[raw] = new
 
 
 def _rebuild(buf: bytearray, resized: list[_Patch]) -> bytes:

@@ -39,7 +39,7 @@ from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
 from proxy.pg.analysis import Analysis, ColumnLineage, Statement
 from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
-from proxy.pg.codec import ProtocolError, decode_backend, decode_frontend
+from proxy.pg.codec import ProtocolError
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
 from proxy.pg.gate import WRITE_TAGS, AnalysisCache, Gate, Refused
 from proxy.pg.link import Link
@@ -52,7 +52,6 @@ from proxy.pg.messages import (
     CopyFail,
     CopyInResponse,
     CopyOutResponse,
-    DataRow,
     Describe,
     EmptyQueryResponse,
     ErrorResponse,
@@ -93,11 +92,13 @@ __all__ = ["PgContext", "run_session"]
 log = structlog.get_logger("tokenproxy.pg")
 
 # Messages that come back byte for byte (a statement's RowDescription, CommandComplete;
-# a client's Parse, Describe, Execute, Close): framed only by the decoder, then decoded
-# once per distinct frame. (The decoder answers those with no content, and
-# ReadyForQuery, with shared instances: nothing to save there.)
-_FRAMED = frozenset({b"T", b"t", b"C"})
-_CLIENT_FRAMED = frozenset({b"P", b"D", b"E", b"C"})
+# a client's Parse, Describe, Execute, Close): the decoder parses each distinct frame once
+# and gives the same instance again (`_Decoder.memoize`). (Those with no content, and
+# ReadyForQuery, are shared instances already.) DataRows come framed only (`Passthrough`):
+# the first of a result, before the rest are taken as a run.
+_MEMOIZED = frozenset({b"T", b"t", b"C"})
+_CLIENT_MEMOIZED = frozenset({b"P", b"D", b"E", b"C"})
+_FRAMED = frozenset({b"D"})
 _PLAN_CACHE = 256  # result plans kept per session
 _EMPTY = Statement("EMPTY")
 _DATA_ROW, _COPY_DATA = 0x44, 0x64  # the type bytes of the messages taken in runs
@@ -268,14 +269,13 @@ class Session:
         self.cutting = False  # drop the server's answers until ReadyForQuery
         self.copy_refused: ErrorResponse | None = None  # COPY FROM data refused: drop the rest
         self._plans: dict[tuple[Any, ...], tuple[Statement, Any, Any, ResultPlan]] = {}
-        self._descriptions: dict[bytes, Any] = {}
         self._rewriters: dict[int, tuple[ResultPlan, RowRewriter]] = {}  # by id(plan)
         # The messages now taken in runs (DataRows of a planned result, CopyData of a COPY
         # TO STDOUT under way): their type byte, 0 for none.
         self._taking = 0
+        est.server_decoder.memoize(_MEMOIZED, _PLAN_CACHE)
         est.server_decoder.passthrough = _FRAMED
-        self._parsed: dict[bytes, Any] = {}
-        est.client_decoder.passthrough = _CLIENT_FRAMED
+        est.client_decoder.memoize(_CLIENT_MEMOIZED, _PLAN_CACHE)
         self._client_handlers: dict[type, Callable[[Any], Handled]] = {
             Query: self._query,
             Parse: self._parse,
@@ -295,13 +295,8 @@ class Session:
     # ================================================================ client side
 
     def on_client(self, msg: Any) -> Handled:
-        """The bytes to send upstream for one client message (a coroutine if it may wait)."""
-        if type(msg) is Passthrough:  # clients send the same ones again and again
-            msg = self._parsed.get(msg.frame) or self._parse_frame(msg.frame)
-        handler = self._client_handlers.get(type(msg))
-        if handler is None:
-            raise ProtocolError(f"unexpected {type(msg).__name__} message in a session")
-        return handler(msg)
+        """The bytes to send upstream for a client message no handler takes: none."""
+        raise ProtocolError(f"unexpected {type(msg).__name__} message in a session")
 
     def _close(self, msg: Close) -> bytes:
         (self.statements if msg.kind == "S" else self.portals).pop(msg.name, None)
@@ -563,6 +558,12 @@ class Session:
 
     # ================================================================ server side
 
+    def _take(self, kind: int) -> None:
+        """Take runs of the server's messages of type ``kind`` (0: none) before the decoder
+        parses them one by one."""
+        self._taking = kind
+        self._server.take = self.take_rows if kind else None
+
     def take_rows(self) -> Handled | None:
         """A whole run of DataRows of a planned result, or of CopyData of a COPY TO STDOUT,
         taken before the decoder parses them one by one (None: the next message is not
@@ -616,8 +617,6 @@ class Session:
     def on_server(self, msg: Any) -> Handled:
         """The bytes to send the client for one server message (a coroutine if it may
         wait)."""
-        if type(msg) is Passthrough:
-            msg = self._typed(msg.frame)
         kind = type(msg)
         if kind is NoticeResponse:  # (may come in the middle of a result)
             return NoticeResponse(self._scrub(msg.fields)).encode()
@@ -626,8 +625,8 @@ class Session:
             return msg.wire()  # type: ignore[no-any-return]
         if kind is NotificationResponse:
             return msg.wire()  # type: ignore[no-any-return]
-        if kind is not DataRow:
-            self._taking = 0  # a run of rows or COPY data ends at any other message
+        if self._taking and kind is not Passthrough:  # (a DataRow)
+            self._take(0)  # a run of rows or COPY data ends at any other message
         if kind is ReadyForQuery:
             self.cutting = False
             self.result = None
@@ -665,10 +664,10 @@ class Session:
     def _answer(self, head: _Expect | None, msg: Any, first: bool = False) -> Handled:
         """``msg`` answering ``head`` (``first``: the first answer of an Execute, its rows
         planned just now)."""
-        if type(msg) is DataRow:
+        if type(msg) is Passthrough:  # a DataRow
             if not (first or self._taking == _DATA_ROW):
                 raise ProtocolError("a DataRow outside of a planned result")
-            self._taking = _DATA_ROW
+            self._take(_DATA_ROW)
             return self._rows(msg.wire())
         if head is None:
             if isinstance(msg, ErrorResponse):  # FATAL at shutdown, say
@@ -867,25 +866,6 @@ class Session:
         self._plans[self._plan_key(run, fields)] = (run.statement, run.snapshot, fields, plan)
         return plan
 
-    def _parse_frame(self, frame: bytes) -> Any:
-        msg = decode_frontend(frame)
-        if len(self._parsed) >= _PLAN_CACHE:
-            self._parsed.clear()
-        self._parsed[frame] = msg
-        return msg
-
-    def _typed(self, frame: bytes) -> Any:
-        """A message the decoder only framed (RowDescription, ParameterDescription,
-        CommandComplete), parsed once per distinct frame."""
-        cache = self._descriptions
-        msg = cache.get(frame)
-        if msg is None:
-            msg = decode_backend(frame)
-            if len(cache) >= _PLAN_CACHE:
-                cache.clear()
-            cache[frame] = msg
-        return msg
-
     def _tokens(self, run: _Run, plan: ResultPlan) -> Tokens:
         reveal = None
         if run.ticket and plan.customers:
@@ -936,7 +916,7 @@ class Session:
             return self._described_later(planning, msg)
         if planning:
             return planning
-        self._taking = _DATA_ROW  # the rows follow
+        self._take(_DATA_ROW)  # the rows follow
         return msg.wire()
 
     async def _described_later(self, planning: Awaitable[list[bytes]], msg: RowDescription
@@ -944,7 +924,7 @@ class Session:
         cut = await planning
         if cut:
             return cut
-        self._taking = _DATA_ROW
+        self._take(_DATA_ROW)
         return [msg.wire()]
 
     def _completed(self, run: _Run) -> None:
@@ -969,7 +949,7 @@ class Session:
             return self._cut(
                 error(INSUFFICIENT_PRIVILEGE, "the columns of this COPY cannot be checked")
             )
-        self._taking = _COPY_DATA
+        self._take(_COPY_DATA)
         if outputs is None or not any(o.protected for o in outputs):
             self.copy_out = None
             return [msg.wire()]
@@ -982,7 +962,7 @@ class Session:
                 columns=len(outputs),
             )
         except UnsupportedCopyFormat as exc:
-            self._taking = 0
+            self._take(0)
             return self._cut(error("0A000", str(exc), hint="COPY protected columns as text or csv"))
         self.copy_out = _CopyOut(self, run, outputs, reader)
         return [msg.wire()]
@@ -1028,9 +1008,9 @@ class Session:
         server = Link(est.server_reader, est.server_writer, lambda d: self._server.feed(d), lost)
         client.peer, server.peer = server, client
         self._client = Pump(est.client_decoder, self.on_client, client, server,
-                            lambda exc: end(exc, "client"), take=self.take_copy)
-        self._server = Pump(est.server_decoder, self.on_server, server, client, end,
-                            take=self.take_rows)
+                            lambda exc: end(exc, "client"), take=self.take_copy,
+                            handlers=self._client_handlers)
+        self._server = Pump(est.server_decoder, self.on_server, server, client, end)
         client.write(est.ready.wire())
         early = (client.take_over(), server.take_over())
         try:

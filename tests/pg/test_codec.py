@@ -1023,6 +1023,15 @@ def _passthrough_decoder() -> FrontendDecoder:
     return decoder
 
 
+def _memo_decoders() -> tuple[FrontendDecoder, BackendDecoder]:
+    front = typed_frontend()
+    front.memoize({b"P", b"D", b"E", b"C"}, limit=3)
+    back = BackendDecoder()
+    back.memoize({b"T", b"t", b"C"}, limit=3)
+    back.passthrough = {b"D"}
+    return front, back
+
+
 def _encryption_decoder() -> BackendDecoder:
     decoder = BackendDecoder()
     decoder.expect_encryption_response()
@@ -1039,6 +1048,8 @@ def test_fuzz_random_bytes_into_every_decoder_state(data: bytes, cuts: list[int]
     _fuzz(FrontendDecoder, data, cuts)
     _fuzz(typed_frontend, data, cuts)
     _fuzz(_passthrough_decoder, data, cuts)
+    _fuzz(lambda: _memo_decoders()[0], data, cuts)
+    _fuzz(lambda: _memo_decoders()[1], data, cuts)
     for kind in AuthResponseKind:
         _fuzz(_auth_decoder(kind), data, cuts)
     _fuzz(BackendDecoder, data, cuts)
@@ -1146,6 +1157,61 @@ def test_passthrough_switches_between_messages() -> None:
     assert decoder.next_message() == rows[0]
     with pytest.raises(CodecStateError):
         decoder.passthrough = {b"DD"}
+
+
+def test_memoized_messages_are_parsed_once_per_distinct_frame() -> None:
+    front, _ = _memo_decoders()
+    sent = [
+        Parse("", "SELECT 1", ()),
+        Execute("", 0),
+        Parse("", "SELECT 1", ()),
+        Parse("s", "SELECT 1", (23,)),
+        Query("SELECT 1"),  # not memoized
+        Query("SELECT 1"),
+        Execute("", 0),
+    ]
+    wire = b"".join(m.encode() for m in sent)
+    for cut in range(len(wire) + 1):  # split anywhere: the same messages
+        decoder, _ = _memo_decoders()
+        decoder.feed(wire[:cut])
+        decoder.feed(wire[cut:])
+        got = list(decoder.messages())
+        assert got == sent
+        assert [m.wire() for m in got] == [m.encode() for m in sent]
+        assert got[0] is got[2] and got[1] is got[6]  # the same instance, found by bytes
+        assert got[3] is not got[0] and got[4] is not got[5]
+    # Bounded: a full memo is emptied, and a frame parsed again is equal, not the same.
+    for i in range(3):
+        front.feed(Describe("P", f"p{i}").encode())
+        front.next_message()
+    front.feed(Describe("P", "p3").encode() + Describe("P", "p0").encode())
+    assert front.next_message() == Describe("P", "p3")
+    assert front.next_message() == Describe("P", "p0")
+
+
+def test_a_malformed_memoized_message_is_refused_every_time() -> None:
+    bad = b"E\x00\x00\x00\x09abcde"  # an Execute whose portal name never ends
+    for _ in range(2):
+        decoder, _ = _memo_decoders()
+        decoder.feed(bad)
+        with pytest.raises(ProtocolError):
+            decoder.next_message()
+    decoder, back = _memo_decoders()
+    with pytest.raises(CodecStateError):
+        back.memoize({b"TT"})
+
+
+def test_memoized_backend_descriptions_and_framed_rows() -> None:
+    _, back = _memo_decoders()
+    description = RowDescription((FieldDescription("a"),))
+    row = DataRow((b"1",))
+    back.feed((description.encode() + row.encode() + CommandComplete("SELECT 1").encode()) * 2)
+    first = [back.next_message() for _ in range(3)]
+    again = [back.next_message() for _ in range(3)]
+    assert first[0] == description and first[0] is again[0]
+    assert first[2] is again[2]
+    assert first[1] == again[1] == Passthrough(row.encode())  # rows are never memoized
+    assert first[1] is not again[1]
 
 
 def test_passthrough_of_password_messages_wins_over_the_auth_hint() -> None:

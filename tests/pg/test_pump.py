@@ -173,3 +173,33 @@ async def test_ended_sends_its_last_bytes() -> None:
         assert await r.read_tags(2) == ["A", "END"]
         assert [type(e) for e in r.ended] == [Ended]
         assert r.handled == ["A", "END"]
+
+
+async def test_handlers_by_type_and_a_take_switched_on_mid_batch() -> None:
+    """A message type with its own handler goes to it, the rest to ``handle``; a ``take``
+    a handler switches on is looked at before the very next message of the same batch,
+    and the decoder's messages are read again once it gives nothing."""
+    async with rig() as r:
+        pump = r.pump
+        taken: list[bytes] = []
+
+        def take() -> Handled | None:
+            if taken:
+                pump.take = None  # switched off: the rest are decoded
+                return None
+            taken.append(pump.decoder.take_run(ord("C")) or b"")
+            return b"TAKEN;"
+
+        def own(msg: CommandComplete) -> Handled:
+            if msg.tag == "START":
+                pump.take = take
+            return f"own-{msg.tag};".encode()
+
+        pump.handlers[CommandComplete] = own
+        r.feeder.write(cc("A") + cc("START") + cc("B") + cc("C"))
+        assert await r.read_tags(3) == ["own-A", "own-START", "TAKEN"]
+        assert taken == [cc("B") + cc("C")]  # the run after START, taken whole
+        assert r.handled == []  # ``handle`` saw none of them
+        r.feeder.write(cc("D"))
+        assert await r.read_tags(1) == ["own-D"]
+        assert pump.take is None
