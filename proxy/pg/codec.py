@@ -295,7 +295,22 @@ def _parse_bind(buf: bytes, p: int, end: int) -> Bind:
     params, p = _values(buf, p, end)
     result_formats, p = _int16s(buf, p, end)
     _done(p, end, "Bind")
-    return Bind(portal, statement, param_formats, params, result_formats)
+    # (Set field by field: a frozen dataclass's __init__ costs more, on every query.)
+    bind: Bind = _new(Bind)
+    _set_bind_portal(bind, portal)
+    _set_bind_statement(bind, statement)
+    _set_bind_param_formats(bind, param_formats)
+    _set_bind_params(bind, params)
+    _set_bind_result_formats(bind, result_formats)
+    _set_raw(bind, None)
+    return bind
+
+
+_set_bind_portal = Bind.__dict__["portal"].__set__
+_set_bind_statement = Bind.__dict__["statement"].__set__
+_set_bind_param_formats = Bind.__dict__["param_formats"].__set__
+_set_bind_params = Bind.__dict__["params"].__set__
+_set_bind_result_formats = Bind.__dict__["result_formats"].__set__
 
 
 def _kind(buf: bytes, p: int, what: str) -> Literal["S", "P"]:
@@ -900,7 +915,7 @@ class _Decoder(Generic[_T]):
         buf = self._buf
         pos = self._pos
         if len(buf) - pos < 5:
-            if not self._ensure(5):
+            if not self._pending or not self._ensure(5):  # (all read: the usual end)
                 return None
             buf = self._buf
             pos = self._pos

@@ -156,7 +156,7 @@ class _Expect:
     kind: str  # parse bind close describe execute sync query function
     refusal: ErrorResponse | None = None
     run: _Run | None = None
-    runs: list[_Run] = field(default_factory=list)  # query: one per statement
+    runs: Sequence[_Run] = ()  # query: one per statement
     index: int = 0
     name: str = ""
     describe: str = ""  # 'S' or 'P'
@@ -180,7 +180,7 @@ class _Prepared:
     description: tuple[FieldDescription, ...] | None = None  # from Describe S
     described: bool = False
     describing: bool = False  # a Describe S was sent
-    formatted: dict[tuple[int, ...], tuple[FieldDescription, ...]] = field(default_factory=dict)
+    formatted: dict[tuple[int, ...], tuple[FieldDescription, ...]] | None = None
 
 
 @dataclass(slots=True)
@@ -200,6 +200,8 @@ class _Portal:
         prepared = self.prepared
         if prepared.described and prepared.description is not None:
             formats = self.result_formats
+            if prepared.formatted is None:
+                prepared.formatted = {}
             cached = prepared.formatted.get(formats)
             if cached is None:
                 cached = _apply_formats(prepared.description, formats)
@@ -392,7 +394,9 @@ class Session:
         if now is not None and len(now[0].statements) <= 1:
             analysis, snapshot = now
             statement = analysis.statements[0] if analysis.statements else _EMPTY
-            if statement.refusal is None and all(s.param is not None for s in statement.slots):
+            if statement.refusal is None and (
+                not statement.slots or all(s.param is not None for s in statement.slots)
+            ):
                 return self._prepare(msg, statement, analysis, snapshot, msg.query, {})
         return self._parse_later(msg)
 
@@ -442,7 +446,7 @@ class Session:
                 s.refusal is None
                 and not s.problems
                 and not s.copy_from_stdin
-                and all(slot.param is None for slot in s.slots)
+                and (not s.slots or all(slot.param is None for slot in s.slots))
             ):
                 ticket = prepared.ticket_comment or self.gate.ticket_now()
                 run = self._run(s, prepared.known, ticket, prepared.snapshot)
@@ -611,7 +615,7 @@ class Session:
         while self.expect and self.expect[0].kind not in ("sync", "query", "function"):
             self.expect.popleft()
         if self.expect and self.expect[0].kind == "query":
-            self.expect[0].runs = []
+            self.expect[0].runs = ()
         return [response.encode()]
 
     def on_server(self, msg: Any) -> Handled:
@@ -701,7 +705,7 @@ class Session:
         self.copy_in = None
         if head.kind in ("query", "function"):
             response = head.refusal or self._scrubbed(msg, head)
-            head.runs = []
+            head.runs = ()
             return [response.encode()]
         # Extended protocol: the server skips everything up to the Sync.
         response = head.refusal or self._scrubbed(msg, head)
