@@ -692,25 +692,6 @@ def _parse_passthrough(buf: bytes, p: int, end: int) -> Passthrough:
     return message
 
 
-def _memoized(parser: _Parser, memo: dict[bytes, Message], limit: int) -> _Parser:
-    """``parser`` answering a frame it parsed before with the same message."""
-    get = memo.get
-
-    def parse(buf: bytes, p: int, end: int) -> Message:
-        frame = buf[p - 5 : end]
-        message = get(frame)
-        if message is None:
-            message = parser(buf, p, end)
-            if message.raw is None:
-                _set_raw(message, frame)
-            if len(memo) >= limit:
-                memo.clear()
-            memo[frame] = message
-        return message
-
-    return parse
-
-
 # (parser, smallest payload, largest payload or None for max_message_size). Payload: the
 # bytes after the Int32 length, which is how PostgreSQL states its own limits.
 _Spec = tuple[_Parser, int, int | None]
@@ -758,6 +739,22 @@ _BACKEND: dict[bytes, _Spec] = {
     b"c": (_constant(CopyDone()), 0, 0),
     b"v": (_parse_negotiate, 8, None),
 }
+
+
+def _constant_frames(specs: dict[bytes, _Spec]) -> dict[bytes, Message]:
+    """The frames of ``specs``' messages with no content, and ReadyForQuery's, to the
+    shared instances their parsers answer."""
+    frames = {}
+    for type_byte, (parser, low, high) in specs.items():
+        if low == high == 0:
+            message = parser(type_byte + b"\x00\x00\x00\x04", 5, 5)
+            assert message.raw is not None
+            frames[message.raw] = message
+    if specs is _BACKEND:
+        for ready in (_READY_IDLE, _READY_IN_TRANSACTION, _READY_FAILED):
+            assert ready.raw is not None
+            frames[ready.raw] = ready
+    return frames
 
 
 def _parse_payload(parser: _Parser, type_code: int, buf: bytes, p: int, end: int) -> Message:
@@ -818,6 +815,14 @@ class _Decoder(Generic[_T]):
         self._tables: dict[frozenset[bytes], list[_Parser]] = {}
         self._passthrough: frozenset[bytes] = frozenset()
         self._data_rows = self._parsers[0x44] is _parse_data_row
+        # Messages found by their frame, with no parser call: the constant ones (no
+        # content, ReadyForQuery) and those of the types `memoize` names.
+        self._constants = _constant_frames(self._SPECS)
+        self._frames: dict[bytes, Message] = dict(self._constants)
+        self._memoized = [False] * 256
+        self._memo_limit = 0
+        self._by_frame = [False] * 256
+        self._rebuild_parsers()
 
     # --- input ---------------------------------------------------------------------------
 
@@ -879,13 +884,11 @@ class _Decoder(Generic[_T]):
         distinct frames are kept; a full memo is emptied. For the messages a session sees
         again and again with the same bytes (a statement's Parse and RowDescription, an
         Execute, a CommandComplete)."""
-        memo: dict[bytes, Message] = {}
         for type_byte in types:
             if not isinstance(type_byte, bytes) or len(type_byte) != 1:
                 raise CodecStateError(f"a message type is one byte, not {type_byte!r}")
-            code = type_byte[0]
-            self._base_parsers[code] = _memoized(self._base_parsers[code], memo, limit)
-        self._tables.clear()
+            self._memoized[type_byte[0]] = True
+        self._memo_limit = limit
         self._rebuild_parsers()
 
     def _rebuild_parsers(self) -> None:
@@ -898,6 +901,11 @@ class _Decoder(Generic[_T]):
             self._tables[self._passthrough] = table
         self._parsers = table
         self._data_rows = table[0x44] is _parse_data_row
+        constant = {frame[0] for frame in self._constants}
+        self._by_frame = [
+            (self._memoized[code] or code in constant) and table[code] is self._base_parsers[code]
+            for code in range(256)
+        ]  # (not a type the passthrough set frames)
 
     @property
     def broken(self) -> bool:
@@ -930,6 +938,10 @@ class _Decoder(Generic[_T]):
             pos = self._pos
             end = pos + 1 + size
         self._pos = end
+        if self._by_frame[code]:  # a message seen before: no parser call
+            message = self._frames.get(buf[pos:end])
+            if message is not None:
+                return message  # type: ignore[return-value]
         try:
             if code == 0x44 and self._data_rows:  # the hot path: a DataRow, parsed
                 row: DataRow = _new(DataRow)
@@ -945,7 +957,19 @@ class _Decoder(Generic[_T]):
             raise self._fail(exc) from None
         if self._keep_raw and message.raw is None:
             _set_raw(message, buf[pos:end])
+        if self._memoized[code] and self._by_frame[code]:
+            self._remember(buf[pos:end], message)
         return message  # type: ignore[return-value]  # the tables hold this direction's only
+
+    def _remember(self, frame: bytes, message: Message) -> None:
+        """Keep a memoized type's message for the next time its frame comes."""
+        if message.raw is None:
+            _set_raw(message, frame)
+        frames = self._frames
+        if len(frames) >= self._memo_limit + len(self._constants):
+            frames.clear()
+            frames.update(self._constants)
+        frames[frame] = message
 
     def take_data_rows(self) -> bytes | None:
         """`take_run` of DataRows."""

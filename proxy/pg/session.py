@@ -45,7 +45,9 @@ from proxy.pg.gate import WRITE_TAGS, AnalysisCache, Gate, Refused
 from proxy.pg.link import Link
 from proxy.pg.messages import (
     Bind,
+    BindComplete,
     Close,
+    CloseComplete,
     CommandComplete,
     CopyData,
     CopyDone,
@@ -65,6 +67,7 @@ from proxy.pg.messages import (
     ParameterDescription,
     ParameterStatus,
     Parse,
+    ParseComplete,
     Passthrough,
     PortalSuspended,
     Query,
@@ -100,6 +103,8 @@ _MEMOIZED = frozenset({b"T", b"t", b"C"})
 _CLIENT_MEMOIZED = frozenset({b"P", b"D", b"E", b"C"})
 _FRAMED = frozenset({b"D"})
 _PLAN_CACHE = 256  # result plans kept per session
+_ACKS = (ParseComplete, BindComplete, CloseComplete)
+_ACKED = frozenset({"parse", "bind", "close"})
 _EMPTY = Statement("EMPTY")
 _DATA_ROW, _COPY_DATA = 0x44, 0x64  # the type bytes of the messages taken in runs
 _COPY_UNREADABLE = error("0A000", "a COPY row could not be read; the COPY was cut")
@@ -629,16 +634,10 @@ class Session:
             return msg.wire()  # type: ignore[no-any-return]
         if kind is NotificationResponse:
             return msg.wire()  # type: ignore[no-any-return]
+        if kind is ReadyForQuery:
+            return self._ready(msg)
         if self._taking and kind is not Passthrough:  # (a DataRow)
             self._take(0)  # a run of rows or COPY data ends at any other message
-        if kind is ReadyForQuery:
-            self.cutting = False
-            self.result = None
-            self.copy_out = None
-            head = self.expect.popleft() if self.expect else None
-            if head is not None and head.kind not in ("sync", "query", "function"):
-                raise ProtocolError("ReadyForQuery arrived before the answers it follows")
-            return msg.wire()  # type: ignore[no-any-return]
         if self.cutting:
             return []
         head = self.expect[0] if self.expect else None
@@ -647,6 +646,27 @@ class Session:
             if kind is not ErrorResponse:
                 return self._planned(head, msg)
         return self._answer(head, msg)
+
+    def _ready(self, msg: ReadyForQuery) -> bytes:
+        """The end of an exchange: whatever was cut or taken ends with it."""
+        if self._taking:
+            self._take(0)
+        self.cutting = False
+        self.result = None
+        self.copy_out = None
+        head = self.expect.popleft() if self.expect else None
+        if head is not None and head.kind not in ("sync", "query", "function"):
+            raise ProtocolError("ReadyForQuery arrived before the answers it follows")
+        return msg.wire()
+
+    def _ack(self, msg: ParseComplete | BindComplete | CloseComplete) -> Handled:
+        """ParseComplete, BindComplete, CloseComplete: answering the Parse, Bind or Close
+        at the head (the usual case, straight); anything else as any other message."""
+        expect = self.expect
+        if expect and not (self._taking or self.cutting) and expect[0].kind in _ACKED:
+            expect.popleft()
+            return msg.wire()
+        return self.on_server(msg)
 
     def _planned(self, head: _Expect, msg: Any) -> Handled:
         """The first answer to an Execute, after its rows are planned."""
@@ -680,7 +700,7 @@ class Session:
         if isinstance(msg, ErrorResponse):
             return self._error(head, msg)
         kind = head.kind
-        if kind in ("parse", "bind", "close"):
+        if kind in _ACKED:
             self.expect.popleft()
             return msg.wire()  # type: ignore[no-any-return]
         if kind == "describe":
@@ -1014,7 +1034,8 @@ class Session:
         self._client = Pump(est.client_decoder, self.on_client, client, server,
                             lambda exc: end(exc, "client"), take=self.take_copy,
                             handlers=self._client_handlers)
-        self._server = Pump(est.server_decoder, self.on_server, server, client, end)
+        self._server = Pump(est.server_decoder, self.on_server, server, client, end,
+                            handlers=dict.fromkeys(_ACKS, self._ack) | {ReadyForQuery: self._ready})
         client.write(est.ready.wire())
         early = (client.take_over(), server.take_over())
         try:
