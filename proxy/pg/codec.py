@@ -928,20 +928,27 @@ class _Decoder(Generic[_T]):
             buf = self._buf
             pos = self._pos
         code, size = _HEADER_FROM(buf, pos)
+        end = pos + 1 + size
+        if self._by_frame[code] and end <= len(buf):
+            # A frame seen before, so its length was checked then: no parser call.
+            message = self._frames.get(buf[pos:end])
+            if message is not None:
+                self._pos = end
+                return message  # type: ignore[return-value]
         if not self._min[code] <= size <= self._max[code]:
             raise self._fail(self._bad_length(code, size))
-        end = pos + 1 + size
         if end > len(buf):
             if not self._ensure(1 + size):
                 return None
             buf = self._buf
             pos = self._pos
             end = pos + 1 + size
+            if self._by_frame[code]:  # (one that was split across feeds)
+                message = self._frames.get(buf[pos:end])
+                if message is not None:
+                    self._pos = end
+                    return message  # type: ignore[return-value]
         self._pos = end
-        if self._by_frame[code]:  # a message seen before: no parser call
-            message = self._frames.get(buf[pos:end])
-            if message is not None:
-                return message  # type: ignore[return-value]
         try:
             if code == 0x44 and self._data_rows:  # the hot path: a DataRow, parsed
                 row: DataRow = _new(DataRow)

@@ -278,6 +278,7 @@ class Gate:
         for kind, value in items:
             by_kind.setdefault(kind, []).append(value)
         out: dict[tuple[Kind, str], str] = {}
+        kind = Kind.TEXT
         try:
             for kind, values in by_kind.items():
                 unique = list(dict.fromkeys(values))
@@ -289,7 +290,15 @@ class Gate:
                     unique, await self.store.resolve(engine, kind.value, unique), strict=True
                 ):
                     out[(kind, value)] = res.value
-        except UnresolvableTokenError:
+        except UnresolvableTokenError as exc:
+            # Which kind, and why (the message names the key version, never a value).
+            log.warning(
+                "pg.token_unresolved",
+                agent=self.agent,
+                kind=kind.value,
+                error=type(exc).__name__,
+                detail=str(exc),
+            )
             raise Refused(
                 error(
                     INVALID_PARAMETER_VALUE,

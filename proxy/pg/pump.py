@@ -83,20 +83,21 @@ class Pump:
 
     def run(self) -> None:
         """Handle every complete message buffered, until one waits or none is left."""
+        if self.stopped:  # (nothing in the loop stops it but an exception)
+            return
         out: list[bytes] = []
         next_message, handle, handler_of = (
             self.decoder.next_message, self.handle, self.handlers.get
         )
         try:
-            while not self.stopped:
+            while True:
                 take = self.take
                 result = take() if take is not None else None
                 if result is None:
                     msg = next_message()
                     if msg is None:
                         break
-                    handler = handler_of(type(msg))
-                    result = handle(msg) if handler is None else handler(msg)
+                    result = handler_of(type(msg), handle)(msg)
                 kind = type(result)
                 if kind is bytes:
                     out.append(result)  # type: ignore[arg-type]

@@ -270,7 +270,7 @@ class Session:
         self.portals: dict[str, _Portal] = {}
         self.cursors: dict[str, tuple[ColumnLineage, ...] | None] = {}
         self.sql_prepared: dict[str, Statement] = {}
-        self.copy_in: _CopyIn | None = None
+        self._copying: _CopyIn | None = None  # see copy_in
         self.result: RowRewriter | None = None
         self.copy_out: _CopyOut | None = None
         self.cutting = False  # drop the server's answers until ReadyForQuery
@@ -298,6 +298,17 @@ class Session:
             Flush: self._flush,
             Terminate: self._terminate,
         }
+
+    @property
+    def copy_in(self) -> _CopyIn | None:
+        """The COPY FROM STDIN into protected columns under way, if any: its data is taken
+        in runs (the client pump looks for them only then)."""
+        return self._copying
+
+    @copy_in.setter
+    def copy_in(self, copy: _CopyIn | None) -> None:
+        self._copying = copy
+        self._client.take = None if copy is None else self.take_copy
 
     # ================================================================ client side
 
@@ -352,7 +363,8 @@ class Session:
             return self._query_later(msg)
         analysis, snapshot = now
         ticket = self.gate.ticket(analysis)
-        self.copy_in = None
+        if self._copying is not None:
+            self.copy_in = None
         runs = [self._run(s, {}, ticket, snapshot) for s in analysis.statements]
         self.expect.append(_Expect("query", runs=runs))
         return msg.wire()
@@ -519,7 +531,8 @@ class Session:
             )
             out = Describe("P", msg.portal).encode()
         self.expect.append(_Expect("execute", run=portal.run, name=msg.portal, portal=portal))
-        self.copy_in = portal.copy_in
+        if portal.copy_in is not self._copying:
+            self.copy_in = portal.copy_in
         return out + msg.wire()
 
     # ---- COPY FROM STDIN: tokens in protected columns resolved
@@ -668,6 +681,34 @@ class Session:
             return msg.wire()
         return self.on_server(msg)
 
+    # The usual answers of an extended-protocol exchange, straight to what `on_server` would
+    # do with them; anything else (cutting, taking runs, another head) through it.
+
+    def _description(self, msg: RowDescription) -> Handled:
+        expect = self.expect
+        if expect and not (self._taking or self.cutting) and expect[0].kind == "describe":
+            return self._described(expect[0], msg)
+        return self.on_server(msg)
+
+    def _first_row(self, msg: Passthrough) -> Handled:
+        expect = self.expect
+        if expect and not self.cutting:
+            head = expect[0]
+            if head.kind == "execute" and not head.planned:
+                head.planned = True
+                return self._planned(head, msg)
+        return self.on_server(msg)
+
+    def _complete(self, msg: CommandComplete) -> Handled:
+        expect = self.expect
+        if expect and not self.cutting:
+            head = expect[0]
+            if head.kind == "execute" and head.planned:
+                if self._taking:
+                    self._take(0)
+                return self._executing(head, msg)
+        return self.on_server(msg)
+
     def _planned(self, head: _Expect, msg: Any) -> Handled:
         """The first answer to an Execute, after its rows are planned."""
         planning = self._plan_execute(head)
@@ -722,7 +763,8 @@ class Session:
     def _error(self, head: _Expect, msg: ErrorResponse) -> list[bytes]:
         self.result = None
         self.copy_out = None
-        self.copy_in = None
+        if self._copying is not None:
+            self.copy_in = None
         if head.kind in ("query", "function"):
             response = head.refusal or self._scrubbed(msg, head)
             head.runs = ()
@@ -1032,10 +1074,14 @@ class Session:
         server = Link(est.server_reader, est.server_writer, lambda d: self._server.feed(d), lost)
         client.peer, server.peer = server, client
         self._client = Pump(est.client_decoder, self.on_client, client, server,
-                            lambda exc: end(exc, "client"), take=self.take_copy,
-                            handlers=self._client_handlers)
+                            lambda exc: end(exc, "client"), handlers=self._client_handlers)
         self._server = Pump(est.server_decoder, self.on_server, server, client, end,
-                            handlers=dict.fromkeys(_ACKS, self._ack) | {ReadyForQuery: self._ready})
+                            handlers=dict.fromkeys(_ACKS, self._ack) | {
+                                ReadyForQuery: self._ready,
+                                RowDescription: self._description,
+                                Passthrough: self._first_row,
+                                CommandComplete: self._complete,
+                            })
         client.write(est.ready.wire())
         early = (client.take_over(), server.take_over())
         try:

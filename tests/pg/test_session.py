@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
+import structlog.testing
 from session_env import AGENT, SEED, PgEnv, pg_env
 from sqlalchemy import Integer, String, create_engine, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from proxy.crypto.engine import TokenEngine
+from proxy.crypto.keyring import Keyring
 from proxy.crypto.tokens import Kind
 from proxy.pg.codec import BackendDecoder
 from proxy.pg.messages import (
@@ -842,3 +846,53 @@ async def test_an_unknown_message_mid_session_ends_it_with_a_protocol_error(env:
         seen = await raw.until_closed()
     errors = [m for m in seen if isinstance(m, ErrorResponse)]
     assert errors and errors[0].sqlstate == "08P01"
+
+
+async def test_a_token_of_a_retired_key_is_refused_and_logged_without_values(
+    env: PgEnv,
+) -> None:
+    """A token whose key version this proxy no longer holds cannot be resolved: the
+    statement is refused with 22023 before it reaches the database (passing the token
+    on would store it as data), and the log says which kind and why, with no value."""
+    conn = await env.connect()
+    try:
+        token = await conn.fetchval("SELECT phone FROM customers WHERE id = 3")
+    finally:
+        await conn.close()
+    assert token != BY_ID[3].phone
+    current = env.ctx.engine
+    engine = current()
+    rotated = TokenEngine.standard(
+        Keyring.single(secrets.token_bytes(32), version=2),
+        engine.vault,
+        engine.registry,
+        default_region="ID",
+    )
+    env.ctx.engine = lambda: rotated  # version 1 retired: its tokens are stale here
+    try:
+        conn = await env.connect()
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for sql, args in (
+                    ("UPDATE customers SET phone = $1 WHERE id = 4", (token,)),
+                    (f"UPDATE customers SET phone = '{token}' WHERE id = 4", ()),
+                ):
+                    with pytest.raises(asyncpg.PostgresError) as info:
+                        await conn.execute(sql, *args)
+                    assert info.value.sqlstate == "22023"
+                    assert "cannot be resolved" in str(info.value)
+        finally:
+            await conn.close()
+    finally:
+        env.ctx.engine = current
+    direct = await env.direct()
+    try:
+        assert await direct.fetchval("SELECT phone FROM customers WHERE id = 4") == BY_ID[4].phone
+    finally:
+        await direct.close()
+    unresolved = [e for e in logs if e["event"] == "pg.token_unresolved"]
+    assert len(unresolved) == 2
+    assert all(e["kind"] == "phone" and e["error"] == "StaleTokenError" for e in unresolved)
+    assert "version 1" in unresolved[0]["detail"]
+    text = repr(logs)
+    assert all(c.phone not in text and c.full_name not in text for c in SEED)
