@@ -1,9 +1,10 @@
 """A session's connection, taken over from start-up's streams as an asyncio protocol.
 
 Start-up runs on streams (simple, once per connection); a session runs on protocol
-callbacks: the bytes that arrive are handed to the session in ``data_received`` and
-handled there, with no stream buffer and no task switch in between (what most of a
-point select's time went to). Flow control both ways: when a link's transport holds too
+callbacks: the bytes that arrive are handed to the session and handled there, with no
+stream buffer and no task switch in between (what most of a point select's time went
+to); ``data_received`` is the session's own callable itself (`Link.deliver`), not a
+method that calls it. Flow control both ways: when a link's transport holds too
 much unsent, reading from its peer pauses until it drains. A link may also be paused for
 a reason of the session's own (a backlog while a message waits on I/O); reading resumes
 when no reason is left.
@@ -33,7 +34,7 @@ class Link(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, writer.transport)
         self._reader = reader
         self._streams = self.transport.get_protocol()  # start-up's: told when the link ends
-        self._on_data = on_data
+        self.data_received = on_data  # type: ignore[method-assign, assignment]  # (no call between)
         self._on_lost = on_lost
         self.peer: Link | None = None
         self._paused: set[str] = set()
@@ -66,10 +67,11 @@ class Link(asyncio.Protocol):
             if not self._paused:
                 self.transport.resume_reading()
 
-    # ---- asyncio.Protocol
+    def deliver(self, on_data: Callable[[bytes], None]) -> None:
+        """Hand the bytes that arrive from now on to ``on_data``."""
+        self.data_received = on_data  # type: ignore[method-assign, assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self._on_data(data)
+    # ---- asyncio.Protocol (data_received: the callable given)
 
     def eof_received(self) -> bool:
         self._on_lost()

@@ -131,7 +131,7 @@ class Pump:
 
     def _write(self, out: list[bytes]) -> None:
         if out and not self.stopped:
-            self.sink.write(b"".join(out) if len(out) > 1 else out[0])
+            self.sink.transport.write(b"".join(out) if len(out) > 1 else out[0])
 
     def _stop(self, exc: BaseException) -> None:
         if self.stopped:
