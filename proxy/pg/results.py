@@ -198,6 +198,8 @@ class RowRewriter:
         if self._revealing or (plan.echo and tokens.known):
             self._fast = None
         self._wire: list[_Wire | None] | None = None  # made on first use
+        self._rows_memo: tuple[_Memo, list[int]] = ({}, [0, 0])  # (set with _wire)
+        self._admit = True  # rows rewritten go in the row memo (see _ROWS_MEMO)
 
     @property
     def framed(self) -> bool:
@@ -266,6 +268,8 @@ class RowRewriter:
         to rebuild (tokens of another length), the values not cached, and the row count."""
         cols = self._wire if self._wire is not None else self._wire_columns()
         _fresh_memos(self.tokens.engine)
+        frames, counts = self._rows_memo
+        seen = frames.get
         width = len(cols)
         lead = width > 0 and cols[0] is None  # a clear first column (an id): read with the header
         rest = cols[1:] if lead else cols
@@ -278,6 +282,16 @@ class RowRewriter:
         resized: list[_Patch] = []  # (frame start, frame end, value start, value stop, new)
         misses: list[_Miss] = []  # not in the engine's cache: through the store
         while pos < n:
+            # A row seen before (the same bytes, so the same values): its rewrite again.
+            end = pos + 1 + i32(run, pos + 1)[0]
+            frame = run[pos:end]
+            again = seen(frame)
+            if again is not None:
+                out[pos:end] = again
+                pos = end
+                rows += 1
+                continue
+            pending = len(misses) + len(resized)
             if lead:
                 code, size, count, length = head(run, pos)
                 p = pos + 11
@@ -319,6 +333,14 @@ class RowRewriter:
                     raise ValueError("negative column length")
             if p != end and (p > end or count == width):  # (trailing columns: unread)
                 raise ValueError("a DataRow whose lengths do not add up")
+            if len(misses) + len(resized) == pending and self._admit:  # in place: keep it
+                if counts[1] < _ROWS_MEMO:
+                    frames[frame] = bytes(out[pos:end])
+                    counts[1] += 1
+                else:  # too many rows to keep: this result adds no more
+                    counts[1] -= len(frames)
+                    frames.clear()
+                    self._admit = False
             pos = end
             rows += 1
         if pos != n:
@@ -341,6 +363,7 @@ class RowRewriter:
                 cols[i] = (memo.get, engine.token_lookup(kind), memo, codec, kind, size)
             made[:] = [weakref.ref(engine, lambda _: made.clear()), cols]  # (not kept alive)
         self._wire = cols
+        self._rows_memo = _memos(engine, ("rows", fast))
         return cols
 
     async def _resolve_misses(
@@ -535,10 +558,19 @@ _FRAME_HEADER = struct.Struct("!ci").pack
 # engine's memos go with it (a weak reference), and only the last two engines (keyring
 # snapshots: the current one and the one before a rotation) keep theirs.
 _Memo = dict[bytes, bytes]
+# The row memo: per engine and layout of the protected columns (`ResultPlan.plain`), a
+# DataRow's frame -> its rewrite, for the rows whose every value was rewritten in place
+# from the engine's cache: a row read again (a dashboard's refresh, the same customer
+# looked up again) costs one look-up. Kept with the wire-value memos and emptied with them.
+# Bounded: _ROWS_MEMO rows in all an engine's row memos; a result that would pass the
+# bound empties its layout's memo and adds no more (a stream bigger than the memo would
+# only churn it: filling a memo costs more than a row's rewrite).
+_ROWS_MEMO: Final = 1 << 18
 _MEMO_ENGINES: Final = 2
-_MEMO_CODECS: Final = 64  # (kind, codec) pairs per engine
-# id(engine) -> (the engine, its memos by (kind, codec), [its `forgotten` when checked])
-_Memos = tuple[weakref.ref[TokenEngine], dict[tuple[str, ValueCodec], _Memo], list[int]]
+_MEMO_CODECS: Final = 64  # memos per engine
+# id(engine) -> (the engine, its memos by (kind, codec) or ("rows", layout),
+#                [its `forgotten` when checked, the rows in its row memos])
+_Memos = tuple[weakref.ref[TokenEngine], dict[tuple[Any, ...], _Memo], list[int]]
 _MEMOS: dict[int, _Memos] = {}
 
 # A framed column: (memo.get, the engine's token lookup, memo, codec, kind, memo size).
@@ -556,21 +588,27 @@ _Miss = tuple[int, int, int, int, bytes, str, _Wire]  # ... raw value, text, col
 
 def _memo(engine: TokenEngine, kind: str, codec: ValueCodec) -> _Memo:
     """The wire-value memo of ``engine`` for one kind and codec."""
+    return _memos(engine, (kind, codec))[0]
+
+
+def _memos(engine: TokenEngine, which: tuple[Any, ...]) -> tuple[_Memo, list[int]]:
+    """One memo of ``engine`` (see above), and its engine's counters."""
     key = id(engine)
     held = _MEMOS.get(key)
     if held is None or held[0]() is not engine:
         while len(_MEMOS) >= _MEMO_ENGINES:
             del _MEMOS[next(iter(_MEMOS))]  # the oldest engine
         held = _MEMOS[key] = (
-            weakref.ref(engine, lambda ref: _forget_engine(key, ref)), {}, [engine.forgotten]
+            weakref.ref(engine, lambda ref: _forget_engine(key, ref)), {}, [engine.forgotten, 0]
         )
     memos = held[1]
-    memo = memos.get((kind, codec))
+    memo = memos.get(which)
     if memo is None:
         if len(memos) >= _MEMO_CODECS:
             memos.clear()
-        memo = memos[(kind, codec)] = {}
-    return memo
+            held[2][1] = 0
+        memo = memos[which] = {}
+    return memo, held[2]
 
 
 def _fresh_memos(engine: TokenEngine) -> None:
@@ -579,7 +617,7 @@ def _fresh_memos(engine: TokenEngine) -> None:
     if held is not None and held[2][0] != engine.forgotten and held[0]() is engine:
         for memo in held[1].values():
             memo.clear()  # (in place: the rewriters' columns hold them)
-        held[2][0] = engine.forgotten
+        held[2][:] = [engine.forgotten, 0]
 
 
 def _forget_engine(key: int, ref: weakref.ref[TokenEngine]) -> None:

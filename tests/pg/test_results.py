@@ -431,3 +431,64 @@ async def test_misses_go_through_the_store_then_never_wait(store: Store) -> None
     assert engine.cached_token("name", "Budi Santoso") is None
     assert await rewriter.rewrite_run(run) == cold
     assert engine.cached_token("name", "Budi Santoso") is not None
+
+
+# ---- the row memo
+
+NAME_ONLY: Layout = ((None, 23, 0), (Kind.NAME, 25, 0), (None, 1043, 0))
+
+
+def _row_memo(engine: TokenEngine, layout: Layout) -> dict[bytes, bytes]:
+    rewriter = _layout_rewriter(engine, layout)
+    assert rewriter._fast is not None
+    return results._memos(engine, ("rows", rewriter._fast))[0]
+
+
+async def test_a_row_read_again_comes_from_the_row_memo_of_its_layout_only() -> None:
+    """The same frame under a layout that protects more columns is never answered with
+    the rewrite of one that protects fewer (that would pass a raw phone)."""
+    engine = _warm(_engine())
+    row = _encode_row([b"7", NAMES[0].encode(), PHONES[0].encode()])
+    only_name = _drive(_layout_rewriter(engine, NAME_ONLY).rewrite_run(row))
+    assert _columns(only_name)[2] == PHONES[0].encode()  # not protected in this layout
+    assert _row_memo(engine, NAME_ONLY) == {row: only_name}
+    both = _drive(_layout_rewriter(engine, BULK).rewrite_run(row))
+    assert _columns(both)[2] == engine.tokenize("phone", PHONES[0]).encode()
+    assert _columns(both)[1] == _columns(only_name)[1]
+    assert _row_memo(engine, BULK) == {row: both}
+    # Read again, by another result of each layout: from the memo, the same bytes.
+    assert _drive(_layout_rewriter(engine, BULK).rewrite_run(row + row)) == both + both
+    assert _drive(_layout_rewriter(engine, NAME_ONLY).rewrite_run(row)) == only_name
+
+
+async def test_rows_not_rewritten_in_place_are_not_kept() -> None:
+    engine = _warm(_engine())
+    longer = _encode_row([b"1", LONGER.encode(), PHONES[0].encode()])
+    same = _encode_row([b"2", NAMES[1].encode(), PHONES[1].encode()])
+    out = _drive(_layout_rewriter(engine).rewrite_run(longer + same))
+    assert list(_row_memo(engine, BULK)) == [same]  # the longer token's frame was rebuilt
+    assert _drive(_layout_rewriter(engine).rewrite_run(longer + same)) == out
+
+
+async def test_a_result_past_the_row_bound_empties_its_memo_and_keeps_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(results, "_ROWS_MEMO", 3)
+    engine = _warm(_engine())
+    frames = [
+        _encode_row([str(i).encode(), n.encode(), p.encode()])
+        for i, (n, p) in enumerate(zip(NAMES, PHONES, strict=False))
+    ]
+    assert len(frames) == 4
+    run = b"".join(frames)
+    expected = await _parsed(engine, BULK, "UTF8", [_columns(f) for f in frames])
+    rewriter = _layout_rewriter(engine)
+    assert _drive(rewriter.rewrite_run(run)) == expected
+    assert _row_memo(engine, BULK) == {}  # three kept, then emptied at the fourth
+    assert _drive(rewriter.rewrite_run(run)) == expected  # (and no more kept)
+    assert _row_memo(engine, BULK) == {}
+    small = _layout_rewriter(engine)  # another result, within the bound: kept
+    assert _drive(small.rewrite_run(frames[0] + frames[1])) == b"".join(
+        results._split_run(expected)[:2]
+    )
+    assert len(_row_memo(engine, BULK)) == 2
