@@ -252,6 +252,12 @@ class RowRewriter:
         engine's cache, or rows that must be parsed: reveals, scrubbing, notes)."""
         if self._fast is None:
             return None
+        if len(run) <= _ONE_ROW and self._wire is not None:  # (a point select's row)
+            _fresh_memos(self.tokens.engine)
+            again = self._rows_memo[0].get(run)  # (a key is one whole frame: no run is one)
+            if again is not None:
+                self.rows += 1
+                return again
         try:
             buf, resized, misses, rows = self._walk(run)
             if misses:
@@ -566,6 +572,7 @@ _Memo = dict[bytes, bytes]
 # bound empties its layout's memo and adds no more (a stream bigger than the memo would
 # only churn it: filling a memo costs more than a row's rewrite).
 _ROWS_MEMO: Final = 1 << 18
+_ONE_ROW: Final = 512  # a run this short is looked up whole first (one row, most likely)
 _MEMO_ENGINES: Final = 2
 _MEMO_CODECS: Final = 64  # memos per engine
 # id(engine) -> (the engine, its memos by (kind, codec) or ("rows", layout),

@@ -492,3 +492,16 @@ async def test_a_result_past_the_row_bound_empties_its_memo_and_keeps_no_more(
         results._split_run(expected)[:2]
     )
     assert len(_row_memo(engine, BULK)) == 2
+
+
+def test_a_single_row_seen_before_is_looked_up_whole_until_a_token_is_forgotten() -> None:
+    engine = _warm(_engine())
+    row = _encode_row([b"9", NAMES[2].encode(), PHONES[2].encode()])
+    rewriter = _layout_rewriter(engine)
+    first = rewriter.rewrite_run_now(row)  # walked (and kept)
+    assert first is not None and _columns(first)[2] != PHONES[2].encode()
+    assert rewriter.rewrite_run_now(row) == first  # the whole run found in the row memo
+    assert rewriter.rewrite_run_now(row + row) == first + first  # two rows: walked
+    assert rewriter.rows == 4
+    engine.forget("phone", PHONES[2])  # (a vault race lost): never served from a memo
+    assert rewriter.rewrite_run_now(row) is None  # the store must be asked again
