@@ -63,7 +63,11 @@ of a result with no protected column, CopyData of an unprotected COPY), it sets
 at the cost of framing alone, until the set is changed. The set applies from the next
 ``next_message`` call, so a session can switch it between a RowDescription and its rows.
 `BackendDecoder.take_data_rows` frames a whole run of DataRows at once: the complete rows
-buffered next, back to back in one bytes object, with no object per row.
+buffered next, back to back in one bytes object, with no object per row. And for the
+messages a session sees again byte for byte (a statement's Parse, its RowDescription),
+``decoder.memoize({b"P", b"T"})`` makes each distinct frame parsed once: when it comes
+again the same (immutable) instance is found by its bytes, as the messages with no
+content and ReadyForQuery always are.
 """
 
 from __future__ import annotations
