@@ -199,7 +199,8 @@ class RowRewriter:
             self._fast = None
         self._wire: list[_Wire | None] | None = None  # made on first use
         self._rows_memo: tuple[_Memo, list[int]] = ({}, [0, 0])  # (set with _wire)
-        self._admit = True  # rows rewritten go in the row memo (see _ROWS_MEMO)
+        self._admit = True  # rows rewritten may go in the row memo (see _ROWS_MEMO)
+        self._hot = False  # a row of this rewriter's came back: keep all of them
 
     @property
     def framed(self) -> bool:
@@ -257,6 +258,7 @@ class RowRewriter:
             again = self._rows_memo[0].get(run)  # (a key is one whole frame: no run is one)
             if again is not None:
                 self.rows += 1
+                self._hot = True
                 return again
         try:
             buf, resized, misses, rows = self._walk(run)
@@ -287,6 +289,7 @@ class RowRewriter:
         pos = rows = 0
         resized: list[_Patch] = []  # (frame start, frame end, value start, value stop, new)
         misses: list[_Miss] = []  # not in the engine's cache: through the store
+        hot = self._hot
         while pos < n:
             # A row seen before (the same bytes, so the same values): its rewrite again.
             end = pos + 1 + i32(run, pos + 1)[0]
@@ -296,6 +299,7 @@ class RowRewriter:
                 out[pos:end] = again
                 pos = end
                 rows += 1
+                hot = True
                 continue
             pending = len(misses) + len(resized)
             if lead:
@@ -339,7 +343,11 @@ class RowRewriter:
                     raise ValueError("negative column length")
             if p != end and (p > end or count == width):  # (trailing columns: unread)
                 raise ValueError("a DataRow whose lengths do not add up")
-            if len(misses) + len(resized) == pending and self._admit:  # in place: keep it
+            if (
+                len(misses) + len(resized) == pending  # rewritten in place
+                and self._admit
+                and (hot or len(frames) < _ROWS_PROBE)
+            ):
                 if counts[1] < _ROWS_MEMO:
                     frames[frame] = bytes(out[pos:end])
                     counts[1] += 1
@@ -351,6 +359,7 @@ class RowRewriter:
             rows += 1
         if pos != n:
             raise ValueError("a DataRow cut short")
+        self._hot = hot
         return buf, resized, misses, rows
 
     def _wire_columns(self) -> list[_Wire | None]:
@@ -568,10 +577,14 @@ _Memo = dict[bytes, bytes]
 # DataRow's frame -> its rewrite, for the rows whose every value was rewritten in place
 # from the engine's cache: a row read again (a dashboard's refresh, the same customer
 # looked up again) costs one look-up. Kept with the wire-value memos and emptied with them.
+# Keeping a row costs more than rewriting it (an allocation), so a result keeps its rows
+# only once one of them came back from the memo (a result read again, a customer looked up
+# again); until then only the first _ROWS_PROBE rows of a layout are kept, to find out.
 # Bounded: _ROWS_MEMO rows in all an engine's row memos; a result that would pass the
 # bound empties its layout's memo and adds no more (a stream bigger than the memo would
-# only churn it: filling a memo costs more than a row's rewrite).
+# only churn it).
 _ROWS_MEMO: Final = 1 << 18
+_ROWS_PROBE: Final = 1024
 _ONE_ROW: Final = 512  # a run this short is looked up whole first (one row, most likely)
 _MEMO_ENGINES: Final = 2
 _MEMO_CODECS: Final = 64  # memos per engine

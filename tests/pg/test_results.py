@@ -505,3 +505,26 @@ def test_a_single_row_seen_before_is_looked_up_whole_until_a_token_is_forgotten(
     assert rewriter.rows == 4
     engine.forget("phone", PHONES[2])  # (a vault race lost): never served from a memo
     assert rewriter.rewrite_run_now(row) is None  # the store must be asked again
+
+
+async def test_rows_are_kept_once_one_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layout's first rows are kept to find out; a result keeps the rest only once one
+    of its rows came back from the memo (read again); new rows alone (a stream, an export)
+    are not kept past the probe."""
+    monkeypatch.setattr(results, "_ROWS_PROBE", 2)
+    engine = _warm(_engine())
+    frames = [
+        _encode_row([str(i).encode(), n.encode(), p.encode()])
+        for i, (n, p) in enumerate(zip(NAMES, PHONES, strict=False))
+    ]
+    run = b"".join(frames)
+    rewriter = _layout_rewriter(engine)
+    out = _drive(rewriter.rewrite_run(run))
+    assert list(_row_memo(engine, BULK)) == frames[:2]  # the probe
+    stream = _layout_rewriter(engine)  # another result, of new rows only
+    news = [_encode_row([str(100 + i).encode(), *_columns(f)[1:]]) for i, f in enumerate(frames)]
+    _drive(stream.rewrite_run(b"".join(news)))
+    assert list(_row_memo(engine, BULK)) == frames[:2]  # none of them kept
+    assert _drive(rewriter.rewrite_run(run)) == out  # read again: rows come back...
+    assert list(_row_memo(engine, BULK)) == frames  # ... so the rest are kept
+    assert _drive(_layout_rewriter(engine).rewrite_run(run)) == out
