@@ -933,7 +933,15 @@ class _Decoder(Generic[_T]):
             pos = self._pos
         code, size = _HEADER_FROM(buf, pos)
         end = pos + 1 + size
-        if self._by_frame[code] and end <= len(buf):
+        if end > len(buf):  # (not all here yet, or a length no message may have)
+            if not self._min[code] <= size <= self._max[code]:
+                raise self._fail(self._bad_length(code, size))
+            if not self._ensure(1 + size):
+                return None
+            buf = self._buf
+            pos = self._pos
+            end = pos + 1 + size
+        if self._by_frame[code]:
             # A frame seen before, so its length was checked then: no parser call.
             message = self._frames.get(buf[pos:end])
             if message is not None:
@@ -941,17 +949,6 @@ class _Decoder(Generic[_T]):
                 return message  # type: ignore[return-value]
         if not self._min[code] <= size <= self._max[code]:
             raise self._fail(self._bad_length(code, size))
-        if end > len(buf):
-            if not self._ensure(1 + size):
-                return None
-            buf = self._buf
-            pos = self._pos
-            end = pos + 1 + size
-            if self._by_frame[code]:  # (one that was split across feeds)
-                message = self._frames.get(buf[pos:end])
-                if message is not None:
-                    self._pos = end
-                    return message  # type: ignore[return-value]
         self._pos = end
         try:
             if code == 0x44 and self._data_rows:  # the hot path: a DataRow, parsed

@@ -28,20 +28,20 @@ class Link(asyncio.Protocol):
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        on_data: Callable[[bytes], None],
         on_lost: Callable[[], None],
     ) -> None:
         self.transport = cast(asyncio.Transport, writer.transport)
         self._reader = reader
         self._streams = self.transport.get_protocol()  # start-up's: told when the link ends
-        self.data_received = on_data  # type: ignore[method-assign, assignment]  # (no call between)
         self._on_lost = on_lost
         self.peer: Link | None = None
         self._paused: set[str] = set()
 
     def take_over(self) -> bytes:
         """Become the transport's protocol; the bytes start-up's stream had read and not
-        handed out (rare: the peer spoke before it was answered)."""
+        handed out (rare: the peer spoke before it was answered). `deliver` comes first."""
+        if "data_received" not in vars(self):
+            raise RuntimeError("a link takes over only once told where its bytes go")
         buffered = getattr(self._reader, "_buffer", None)  # StreamReader keeps no public view
         left = bytes(buffered) if buffered else b""
         if buffered:
@@ -68,7 +68,7 @@ class Link(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def deliver(self, on_data: Callable[[bytes], None]) -> None:
-        """Hand the bytes that arrive from now on to ``on_data``."""
+        """Hand the bytes that arrive to ``on_data`` (itself: no call in between)."""
         self.data_received = on_data  # type: ignore[method-assign, assignment]
 
     # ---- asyncio.Protocol (data_received: the callable given)

@@ -1070,8 +1070,8 @@ class Session:
         def lost() -> None:
             end(Ended())
 
-        client = Link(est.client_reader, est.client_writer, _nothing, lost)
-        server = Link(est.server_reader, est.server_writer, _nothing, lost)
+        client = Link(est.client_reader, est.client_writer, lost)
+        server = Link(est.server_reader, est.server_writer, lost)
         client.peer, server.peer = server, client
         self._client = Pump(est.client_decoder, self.on_client, client, server,
                             lambda exc: end(exc, "client"), handlers=self._client_handlers)
@@ -1109,10 +1109,6 @@ class Session:
                           "error; reconnect").encode()
                 )
         log.info("pg.session_end", agent=self.agent, seconds=round(time.monotonic() - started, 3))
-
-
-def _nothing(data: bytes) -> None:
-    """(A link's bytes before its pump exists: none arrive before `Link.take_over`.)"""
 
 
 def _payloads(run: bytes) -> bytes:

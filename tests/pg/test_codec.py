@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -290,15 +290,21 @@ def drain(decoder: FrontendDecoder | BackendDecoder) -> list[Message]:
     return list(decoder.messages())
 
 
+def pieces(data: bytes, cuts: Iterable[int]) -> Iterator[bytes]:
+    """``data`` cut at ``cuts`` (in order), as the feeds of a socket would bring it."""
+    start = 0
+    for cut in [*sorted(cuts), len(data)]:
+        yield data[start:cut]
+        start = cut
+
+
 def feed_in_chunks(
     decoder: FrontendDecoder | BackendDecoder, data: bytes, cuts: Iterable[int]
 ) -> list[Message]:
     out: list[Message] = []
-    start = 0
-    for cut in [*sorted(cuts), len(data)]:
-        decoder.feed(data[start:cut])
+    for piece in pieces(data, cuts):
+        decoder.feed(piece)
         out += drain(decoder)
-        start = cut
     return out
 
 
@@ -982,10 +988,8 @@ def _outcome(
     decoder = make()
     out: list[Message] = []
     try:
-        start = 0
-        for cut in [*sorted(cuts), len(data)]:
-            decoder.feed(data[start:cut])
-            start = cut
+        for piece in pieces(data, cuts):
+            decoder.feed(piece)
             while (message := decoder.next_message()) is not None:
                 out.append(message)
     except ProtocolError as exc:
@@ -1287,10 +1291,8 @@ def drain_runs(decoder: BackendDecoder, out: list[bytes] | None = None) -> list[
 def feed_runs(decoder: BackendDecoder, data: bytes, cuts: Iterable[int]) -> list[bytes]:
     """`feed_in_chunks` with `drain_runs`: the frames, runs split back into rows."""
     out: list[bytes] = []
-    start = 0
-    for cut in [*sorted(cuts), len(data)]:
-        decoder.feed(data[start:cut])
-        start = cut
+    for piece in pieces(data, cuts):
+        decoder.feed(piece)
         for item in drain_runs(decoder):
             out += _frames(item) if item[0] == 0x44 else [item]
     return out
@@ -1433,10 +1435,8 @@ def _run_outcome(data: bytes, cuts: Iterable[int]) -> tuple[bytes, bool]:
     decoder = BackendDecoder()
     out: list[bytes] = []
     try:
-        start = 0
-        for cut in [*sorted(cuts), len(data)]:
-            decoder.feed(data[start:cut])
-            start = cut
+        for piece in pieces(data, cuts):
+            decoder.feed(piece)
             drain_runs(decoder, out)
     except ProtocolError:
         return b"".join(out), True

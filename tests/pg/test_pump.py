@@ -54,9 +54,8 @@ async def rig() -> AsyncIterator[Rig]:
     src_r, src_w = await _streams(a_in)
     snk_r, snk_w = await _streams(b_in)
     drain, drain_w = await _streams(b_out)
-    holder: dict[str, Pump] = {}
-    source = Link(src_r, src_w, lambda d: holder["pump"].feed(d), lambda: None)
-    sink = Link(snk_r, snk_w, lambda d: None, lambda: None)
+    source = Link(src_r, src_w, lambda: None)
+    sink = Link(snk_r, snk_w, lambda: None)
     source.peer, sink.peer = sink, source
     box: list[Rig] = []
 
@@ -78,7 +77,8 @@ async def rig() -> AsyncIterator[Rig]:
 
     decoder = BackendDecoder()
     pump = Pump(decoder, handle, source, sink, lambda exc: box[0].ended.append(exc))
-    holder["pump"] = pump
+    source.deliver(pump.feed)
+    sink.deliver(lambda data: None)
     r = Rig(feeder, drain, source, sink, pump)
     box.append(r)
     source.take_over()
@@ -203,3 +203,17 @@ async def test_handlers_by_type_and_a_take_switched_on_mid_batch() -> None:
         r.feeder.write(cc("D"))
         assert await r.read_tags(1) == ["own-D"]
         assert pump.take is None
+
+
+async def test_a_link_takes_over_only_once_told_where_its_bytes_go() -> None:
+    a, b = socket.socketpair()
+    reader, writer = await _streams(a)
+    link = Link(reader, writer, lambda: None)
+    try:
+        with pytest.raises(RuntimeError):
+            link.take_over()  # its bytes would be dropped
+        link.deliver(lambda data: None)
+        assert link.take_over() == b""
+    finally:
+        writer.close()
+        b.close()
