@@ -1049,6 +1049,32 @@ class _Decoder(Generic[_T]):
         self._pos = q
         return buf[pos:q]
 
+    # --- several frames at once (`proxy.pg.batches`) ----------------------------------------
+
+    def view(self) -> tuple[bytes, int] | None:
+        """The bytes buffered next as ``(buf, pos)`` (they are ``buf[pos:]``), for a caller
+        that recognises several frames at once before it takes them (`skip`); None while
+        they are not in one piece (a message split across feeds) or typed messages are not
+        being read."""
+        if not self._fast or self._pending:
+            return None
+        return self._buf, self._pos
+
+    def skip(self, end: int) -> None:
+        """Take the frames of ``view()``'s ``buf`` up to ``end`` (the caller checked them:
+        whole frames, each of a length `fits`)."""
+        if not self._pos <= end <= len(self._buf) or self._pending:
+            raise CodecStateError("skip() takes whole frames of view() only")
+        self._pos = end
+
+    def known(self, frame: bytes) -> Message | None:
+        """The message of ``frame`` if found by its bytes (`memoize`d, or constant)."""
+        return self._frames.get(frame)
+
+    def fits(self, code: int, size: int) -> bool:
+        """Whether a frame of type ``code`` may declare the length ``size``."""
+        return self._min[code] <= size <= self._max[code]
+
     def messages(self) -> Iterator[_T]:
         """Every complete message now buffered."""
         next_message = self.next_message

@@ -7,7 +7,9 @@ order and, guided by the expectation at the head, rewrites results (`RowRewriter
 COPY rows), scrubs errors and notices, and tracks session state (prepared statements,
 portals, cursors, the ticket). Handlers answer synchronously when they need no I/O and
 return a coroutine when they do (see `proxy.pg.pump`): each has a ``_later`` twin that
-takes the general path.
+takes the general path. A whole batch of a shape seen before (Parse, Bind, Describe,
+Execute, Sync) and its whole answer are taken in one step when each of their messages
+would take its handler's usual path (`take_batch`, `take_answer`; `proxy.pg.batches`).
 
 A refused statement never reaches the database. It is replaced by a message the server
 is sure to reject (a Parse or Query of text that does not parse, a Bind of a statement
@@ -38,6 +40,7 @@ from proxy.crypto.engine import TokenEngine
 from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
 from proxy.pg.analysis import Analysis, ColumnLineage, Statement
+from proxy.pg.batches import BatchShape, answer, bind_key, learn, match
 from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
 from proxy.pg.codec import ProtocolError
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
@@ -109,6 +112,7 @@ _EMPTY = Statement("EMPTY")
 _DATA_ROW, _COPY_DATA = 0x44, 0x64  # the type bytes of the messages taken in runs
 _COPY_UNREADABLE = error("0A000", "a COPY row could not be read; the COPY was cut")
 _LENGTH_FROM = struct.Struct("!i").unpack_from
+_HEADER_FROM = struct.Struct("!Bi").unpack_from
 # What planning a result gives: the bytes of a cut (none: planned), or a coroutine giving
 # them when the catalog must reload first.
 Planning = list[bytes] | Coroutine[Any, Any, list[bytes]]
@@ -171,8 +175,10 @@ class _Expect:
     planned: bool = False
 
 
-# Expectations that carry nothing and are never changed: shared.
+# Expectations that carry nothing and are never changed: shared. Those of a batch taken
+# whole (`Session.take_batch`) are their own, so that its answer is known for one.
 _SYNC, _BIND, _CLOSE = _Expect("sync"), _Expect("bind"), _Expect("close")
+_BATCH_PARSE, _BATCH_BIND = _Expect("parse"), _Expect("bind")
 
 
 @dataclass(slots=True)
@@ -280,6 +286,10 @@ class Session:
         # The messages now taken in runs (DataRows of a planned result, CopyData of a COPY
         # TO STDOUT under way): their type byte, 0 for none.
         self._taking = 0
+        # Batch shapes learnt (`take_batch`): by their Parse frame, or their Bind's head.
+        self._shapes: dict[bytes, BatchShape] = {}
+        self._bind_shapes: dict[bytes, BatchShape] = {}
+        self._alone = 0  # messages of a batch declined, left to go one by one
         est.server_decoder.memoize(_MEMOIZED, _PLAN_CACHE)
         est.server_decoder.passthrough = _FRAMED
         est.client_decoder.memoize(_CLIENT_MEMOIZED, _PLAN_CACHE)
@@ -308,7 +318,7 @@ class Session:
     @copy_in.setter
     def copy_in(self, copy: _CopyIn | None) -> None:
         self._copying = copy
-        self._client.take = None if copy is None else self.take_copy
+        self._client.take = self.take_batch if copy is None else self.take_copy
 
     # ================================================================ client side
 
@@ -535,6 +545,91 @@ class Session:
             self.copy_in = portal.copy_in
         return out + msg.wire()
 
+    # ---- a whole batch at once (proxy.pg.batches)
+
+    def take_batch(self) -> Handled | None:
+        """A whole batch of a shape learnt before (Parse, Bind, Describe, Execute, Sync),
+        taken in one step when each of its messages would take its handler's usual path;
+        None: the next message goes alone."""
+        if self._alone:
+            self._alone -= 1  # (one call a message: the pump reads the next one now)
+            return None
+        decoder = self.est.client_decoder
+        view = decoder.view()
+        if view is None:
+            return None
+        buf, pos = view
+        if pos + 5 > len(buf):
+            return None
+        code, size = _HEADER_FROM(buf, pos)
+        first = pos + 1 + size
+        if code == 0x50:  # a Parse: the shape learnt for this one
+            shapes, key = self._shapes, buf[pos:first]
+        elif code == 0x42:  # a Bind (of a statement prepared before): for its head
+            found = bind_key(buf, pos, first)
+            if found is None:
+                return None
+            shapes, key = self._bind_shapes, found[0]
+        else:
+            return None
+        shape = shapes.get(key)
+        end = None if shape is None else match(buf, pos, shape, decoder)
+        if shape is None or end is None:
+            shape = learn(buf, pos, decoder)
+            if shape is None or (end := match(buf, pos, shape, decoder)) is None:
+                return None
+            if len(shapes) >= _PLAN_CACHE:
+                shapes.clear()
+            shapes[key] = shape
+        if not self._batch(shape):
+            self._alone = 3 if shape.parse is None else 4  # (the messages after this one)
+            return None
+        decoder.skip(end)
+        return buf if pos == 0 and end == len(buf) else buf[pos:end]
+
+    def _batch(self, shape: BatchShape) -> bool:
+        """The session state a batch of ``shape`` makes, as its messages' handlers make it
+        on their usual paths (`_parse`, `_bind`, `_describe`, `_execute`, `_sync`); False,
+        with nothing changed, when one of them would take another."""
+        if self._copying is not None:
+            return False
+        parse = shape.parse
+        if parse is not None:
+            now = self.gate.analyze_now(parse.query)
+            if now is None or len(now[0].statements) > 1:
+                return False
+            analysis, snapshot = now
+            statement = analysis.statements[0] if analysis.statements else _EMPTY
+            prepared = _Prepared(statement, analysis.ticket, parse.param_types, snapshot)
+        else:
+            found = self.statements.get(shape.statement)
+            if found is None:
+                return False
+            prepared, statement = found, found.statement
+        if (
+            statement.refusal is not None
+            or statement.problems
+            or statement.copy_from_stdin
+            or (parse is not None and statement.slots)  # (literals resolved at the Parse)
+            or any(slot.param is not None for slot in statement.slots)  # (values to resolve)
+        ):
+            return False
+        if parse is not None:
+            self.statements[parse.statement] = prepared
+        ticket = prepared.ticket_comment or self.gate.ticket_now()
+        run = self._run(statement, prepared.known, ticket, prepared.snapshot)
+        portal = self.portals[shape.portal] = _Portal(
+            prepared, run, shape.result_formats, describing=True
+        )
+        expect = self.expect
+        if parse is not None:
+            expect.append(_BATCH_PARSE)
+        expect.append(_BATCH_BIND)
+        expect.append(_Expect("describe", name=shape.portal, describe="P", portal=portal))
+        expect.append(_Expect("execute", run=run, name=shape.portal, portal=portal))
+        expect.append(_SYNC)
+        return True
+
     # ---- COPY FROM STDIN: tokens in protected columns resolved
 
     def _copy_in(self, statement: Statement) -> _CopyIn | None:
@@ -584,7 +679,67 @@ class Session:
         """Take runs of the server's messages of type ``kind`` (0: none) before the decoder
         parses them one by one."""
         self._taking = kind
-        self._server.take = self.take_rows if kind else None
+        self._server.take = self.take_rows if kind else self.take_answer
+
+    def take_answer(self) -> Handled | None:
+        """The whole answer to a batch taken whole (`take_batch`), taken in one step when
+        each of its messages would take its handler's usual path; None: the next message
+        goes alone."""
+        expect = self.expect
+        if not expect:
+            return None
+        head = expect[0]
+        parsed = head is _BATCH_PARSE
+        if not (parsed or head is _BATCH_BIND) or self.cutting:
+            return None
+        decoder = self.est.server_decoder
+        view = decoder.view()
+        if view is None:
+            return None
+        buf, pos = view
+        found = answer(buf, pos, parsed, decoder)
+        if found is None:
+            return None
+        description, rows_at, rows_end, end = found
+        execute = expect[2 + parsed]
+        portal, run = execute.portal, execute.run
+        if execute.refusal is not None or portal is None or run is None or run.undeclared:
+            return None
+        has_rows = rows_at < rows_end
+        rows = b""
+        if type(description) is RowDescription:
+            fields = description.fields
+            plan = self._cached_plan(run, fields)
+            if plan is None:
+                return None  # (planned message by message the first time)
+            self._use(run, plan)
+            result = self.result
+            self.result = None
+            if has_rows:
+                rows = buf[rows_at:rows_end]
+                if result is not None:
+                    if not result.framed:
+                        return None
+                    try:
+                        rows = result.rewrite_run_now(rows)  # type: ignore[assignment]
+                    except ResultCut:
+                        return None  # (cut message by message)
+                    if rows is None:
+                        return None  # tokens to fetch, reveals to audit
+        elif has_rows:
+            return None
+        else:
+            fields = None
+        # What _ack, _described, _planned, _executing and _ready do with these answers.
+        portal.description, portal.described = fields, True
+        execute.planned = True
+        for _ in range(4 + parsed):
+            expect.popleft()
+        self._completed(run)
+        decoder.skip(end)
+        if not has_rows:
+            return buf[pos:end]
+        return [buf[pos:rows_at], rows, buf[rows_end:end]]
 
     def take_rows(self) -> Handled | None:
         """A whole run of DataRows of a planned result, or of CopyData of a COPY TO STDOUT,
@@ -1074,8 +1229,10 @@ class Session:
         server = Link(est.server_reader, est.server_writer, lost)
         client.peer, server.peer = server, client
         self._client = Pump(est.client_decoder, self.on_client, client, server,
-                            lambda exc: end(exc, "client"), handlers=self._client_handlers)
+                            lambda exc: end(exc, "client"), take=self.take_batch,
+                            handlers=self._client_handlers)
         self._server = Pump(est.server_decoder, self.on_server, server, client, end,
+                            take=self.take_answer,
                             handlers=dict.fromkeys(_ACKS, self._ack) | {
                                 ReadyForQuery: self._ready,
                                 RowDescription: self._description,

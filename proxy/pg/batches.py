@@ -1,0 +1,230 @@
+"""A whole extended-protocol exchange found in the bytes, for a session to take in one step.
+
+libpq, psycopg and pgbench send a query with parameters as one batch of frames in one
+write: Parse (none for a prepared statement), Bind, Describe of the portal, Execute of all
+rows, Sync; the server answers in one write too: ParseComplete (when parsed),
+BindComplete, RowDescription or NoData, the DataRows, CommandComplete, ReadyForQuery. A
+point select's eleven messages cost more to frame and dispatch one by one than the work
+they carry. Here a batch's shape is learnt from its frames once (`learn`); a batch of the
+same shape is then recognised by its bytes alone (`match`: only the parameter values may
+differ), and its answer by its frames (`answer`).
+
+Only frames are read here (no I/O, no session state): whether a session may take a batch
+this way is the session's business. Anything else (a batch or answer split across reads,
+another message in between, a frame not seen before, a malformed one) is not recognised,
+and goes message by message, the path that handles (and refuses) every case.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from proxy.pg.codec import BackendDecoder, FrontendDecoder, ProtocolError, decode_frontend
+from proxy.pg.messages import (
+    Bind,
+    CommandComplete,
+    Describe,
+    Execute,
+    NoData,
+    Parse,
+    ReadyForQuery,
+    RowDescription,
+)
+
+__all__ = ["Answer", "BatchShape", "answer", "bind_key", "learn", "match"]
+
+_HEADER_FROM = struct.Struct("!Bi").unpack_from
+_I32_FROM = struct.Struct("!i").unpack_from
+_U16_FROM = struct.Struct("!H").unpack_from
+_PARSE, _BIND, _DESCRIBE, _EXECUTE, _SYNC = 0x50, 0x42, 0x44, 0x45, 0x53
+_DATA_ROW, _COMMAND_COMPLETE, _READY = 0x44, 0x43, 0x5A
+_PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+_BIND_COMPLETE = b"2\x00\x00\x00\x04"
+MAX_ROWS = 256  # DataRows an answer may hold to be taken whole (more: row runs do better)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchShape:
+    """What every batch of one kind has in common: all its bytes but the Bind's values."""
+
+    parse: Parse | None  # the batch's Parse (None: a statement prepared before)
+    parse_frame: bytes  # its frame (b"" for none)
+    statement: str  # the Bind's statement
+    portal: str  # the Bind's portal (the one described and executed)
+    result_formats: tuple[int, ...]
+    head: bytes  # the Bind's payload up to its values (names, formats, value count)
+    count: int  # how many values
+    results: bytes  # the Bind's payload after its values (the result formats)
+    tail: bytes  # the Describe, Execute and Sync frames
+
+
+def _frame_at(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """The type and end of the frame at ``pos``, if it is all in ``buf``."""
+    if pos + 5 > len(buf):
+        return None
+    code, size = _HEADER_FROM(buf, pos)
+    end = pos + 1 + size
+    if size < 4 or end > len(buf):
+        return None
+    return code, end
+
+
+def bind_key(buf: bytes, pos: int, end: int) -> tuple[bytes, int] | None:
+    """The payload of the Bind frame ``buf[pos:end]`` up to its values (its portal and
+    statement names, parameter formats and value count: what every Bind of a batch shape
+    has), and where the values begin."""
+    try:
+        p = buf.index(0, pos + 5, end) + 1  # the portal's name
+        p = buf.index(0, p, end) + 1  # the statement's
+        (formats,) = _U16_FROM(buf, p)
+        p += 4 + 2 * formats  # the formats, then the value count
+    except (ValueError, struct.error):
+        return None
+    if p > end:
+        return None
+    return buf[pos + 5 : p], p
+
+
+def learn(buf: bytes, pos: int, decoder: FrontendDecoder) -> BatchShape | None:
+    """The shape of the batch at ``buf[pos:]`` (see the module docstring), if one is there
+    whole: [Parse], Bind, Describe of the Bind's portal, Execute of it with no row limit,
+    Sync. The Parse must be one ``decoder`` has seen before (`known`)."""
+    frames: list[tuple[int, int, int]] = []  # (type, start, end)
+    p = pos
+    while len(frames) < 5:
+        found = _frame_at(buf, p)
+        if found is None:
+            return None
+        code, end = found
+        if not decoder.fits(code, end - p - 1):
+            return None
+        frames.append((code, p, end))
+        p = end
+        if code == _SYNC:
+            break
+    parse_frame = b""
+    if frames[0][0] == _PARSE:
+        parse_frame = buf[frames[0][1] : frames[0][2]]
+        del frames[0]
+    if [code for code, _, _ in frames] != [_BIND, _DESCRIBE, _EXECUTE, _SYNC]:
+        return None
+    known = decoder.known(parse_frame) if parse_frame else None
+    parse = known if isinstance(known, Parse) else None
+    if parse_frame and parse is None:
+        return None
+    (_, b_start, b_end), (_, d_start, d_end), (_, e_start, e_end), (_, _, s_end) = frames
+    try:
+        bind = decode_frontend(buf[b_start:b_end])
+        describe = decode_frontend(buf[d_start:d_end])
+        execute = decode_frontend(buf[e_start:e_end])
+    except ProtocolError:
+        return None
+    if not (
+        isinstance(bind, Bind)
+        and describe == Describe("P", bind.portal)
+        and execute == Execute(bind.portal, 0)
+        and (parse is None or parse.statement == bind.statement)
+    ):
+        return None
+    key = bind_key(buf, b_start, b_end)
+    if key is None:
+        return None
+    head, values = key
+    for value in bind.params:
+        values += 4 + (len(value) if value is not None else 0)
+    return BatchShape(
+        parse=parse,
+        parse_frame=parse_frame,
+        statement=bind.statement,
+        portal=bind.portal,
+        result_formats=bind.result_formats,
+        head=head,
+        count=len(bind.params),
+        results=buf[values:b_end],
+        tail=buf[d_start:s_end],
+    )
+
+
+def match(buf: bytes, pos: int, shape: BatchShape, decoder: FrontendDecoder) -> int | None:
+    """Where the batch at ``buf[pos:]`` ends if it is one of ``shape`` (whole, every
+    frame well formed), else None."""
+    p = pos
+    if shape.parse_frame:
+        if not buf.startswith(shape.parse_frame, p):
+            return None
+        p += len(shape.parse_frame)
+    if not buf.startswith(shape.head, p + 5):  # (after the Bind's type and length)
+        return None
+    code: int
+    size: int
+    code, size = _HEADER_FROM(buf, p)
+    bind_end = p + 1 + size
+    end = bind_end + len(shape.tail)
+    if code != _BIND or end > len(buf) or not decoder.fits(_BIND, size):
+        return None
+    q = p + 5 + len(shape.head)
+    for _ in range(shape.count):
+        if q + 4 > bind_end:
+            return None
+        (size,) = _I32_FROM(buf, q)
+        if size < -1:
+            return None
+        q += 4 + size if size > 0 else 4
+    if q + len(shape.results) != bind_end or not buf.startswith(shape.results, q):
+        return None
+    if not buf.startswith(shape.tail, bind_end):
+        return None
+    return end
+
+
+Answer = tuple[RowDescription | NoData, int, int, int]
+
+
+def answer(buf: bytes, pos: int, parsed: bool, decoder: BackendDecoder) -> Answer | None:
+    """The whole answer to a batch at ``buf[pos:]`` (``parsed``: the batch had a Parse),
+    if it is there: [ParseComplete], BindComplete, RowDescription or NoData (one
+    ``decoder`` knows), at most `MAX_ROWS` DataRows, CommandComplete (known) and
+    ReadyForQuery. As (the description, where the rows begin, where they end, where the
+    answer ends); else None.
+
+    (A frame is found by its bytes, length included: one cut short by the buffer's end
+    is never taken for a whole one.)"""
+    p = pos
+    if parsed:
+        if not buf.startswith(_PARSE_COMPLETE, p):
+            return None
+        p += 5
+    if not buf.startswith(_BIND_COMPLETE, p):
+        return None
+    p += 5
+    known = decoder.known
+    try:
+        _, size = _HEADER_FROM(buf, p)
+        end = p + 1 + size
+        description = known(buf[p:end])
+        if type(description) is not RowDescription and type(description) is not NoData:
+            return None
+        rows = p = end
+        n = len(buf)
+        for _ in range(MAX_ROWS + 1):
+            code, size = _HEADER_FROM(buf, p)
+            if code != _DATA_ROW:
+                break
+            if not decoder.fits(code, size):
+                return None
+            p += 1 + size
+            if p > n:
+                return None
+        else:
+            return None
+        end = p + 1 + size
+        if type(known(buf[p:end])) is not CommandComplete:
+            return None
+        _, size = _HEADER_FROM(buf, end)
+        stop = end + 1 + size
+        if type(known(buf[end:stop])) is not ReadyForQuery:
+            return None
+    except struct.error:  # fewer than five bytes left: not all here
+        return None
+    return description, rows, p, stop

@@ -1,0 +1,367 @@
+"""proxy.pg.batches: a whole batch and its whole answer recognised in the bytes (no sockets).
+
+What is recognised must be exactly what the message-by-message path would read, and
+anything else (cut short, malformed, another message in between, unknown) must not be."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from session_env import SEED, PgEnv, pg_env
+from test_codec import typed_frontend
+
+from proxy.pg.batches import MAX_ROWS, BatchShape, answer, learn, match
+from proxy.pg.codec import BackendDecoder, FrontendDecoder
+from proxy.pg.messages import (
+    Bind,
+    BindComplete,
+    CommandComplete,
+    DataRow,
+    Describe,
+    ErrorResponse,
+    Execute,
+    FieldDescription,
+    Flush,
+    NoData,
+    NoticeResponse,
+    Parse,
+    ParseComplete,
+    ReadyForQuery,
+    RowDescription,
+    Sync,
+)
+from proxy.pg.session import Session
+
+SQL = "SELECT id, full_name FROM customers WHERE id = $1"
+PARSE = Parse("", SQL, (23,))
+FIELDS = RowDescription((FieldDescription("id", 16384, 1, 23, 4), FieldDescription(
+    "full_name", 16384, 2)))
+TAIL = Describe("P", "").encode() + Execute("", 0).encode() + Sync().encode()
+
+
+def bind(*values: bytes | None, results: tuple[int, ...] = (0,), statement: str = "",
+         portal: str = "") -> bytes:
+    return Bind(portal, statement, (1,), values, results).encode()
+
+
+def batch(*values: bytes | None, parse: Parse | None = PARSE, **kw: object) -> bytes:
+    head = parse.encode() if parse is not None else b""
+    return head + bind(*values, **kw) + TAIL  # type: ignore[arg-type]
+
+
+def client(seen: bytes = PARSE.encode(), max_message_size: int = 1 << 30) -> FrontendDecoder:
+    """A session's client decoder that has read (and memoized) ``seen``."""
+    decoder = typed_frontend(max_message_size=max_message_size)
+    decoder.memoize({b"P", b"D", b"E", b"C"})
+    decoder.feed(seen)
+    list(decoder.messages())
+    return decoder
+
+
+def server(*seen: bytes) -> BackendDecoder:
+    decoder = BackendDecoder()
+    decoder.memoize({b"T", b"t", b"C"})
+    for frame in seen:
+        decoder.feed(frame)
+    list(decoder.messages())
+    return decoder
+
+
+def shape_of(data: bytes, decoder: FrontendDecoder) -> BatchShape:
+    shape = learn(data, 0, decoder)
+    assert shape is not None
+    return shape
+
+
+# ------------------------------------------------------------------------ learn, match
+
+
+def test_a_batch_is_learnt_and_one_of_other_values_matches() -> None:
+    decoder = client()
+    first = batch(b"\x00\x00\x00\x01")
+    shape = shape_of(first, decoder)
+    assert shape.parse == PARSE and shape.statement == shape.portal == ""
+    assert shape.result_formats == (0,) and shape.count == 1
+    assert match(first, 0, shape, decoder) == len(first)
+    for values in ([b"\x00\x00\x01\x00"], [None], [b""], [b"a longer value than before"]):
+        other = batch(*values)
+        assert match(other, 0, shape, decoder) == len(other)
+        assert match(b"xx" + other + b"next", 2, shape, decoder) == 2 + len(other)
+
+
+def test_a_prepared_statements_batch_has_no_parse() -> None:
+    decoder = client(b"")
+    data = batch(b"7", parse=None, statement="s1", portal="p")
+    assert learn(data, 0, decoder) is None  # Describe and Execute name another portal
+    data = bind(b"7", statement="s1") + TAIL
+    shape = shape_of(data, decoder)
+    assert shape.parse is None and shape.statement == "s1"
+    other = bind(b"12345", statement="s1") + TAIL
+    assert match(other, 0, shape, decoder) == len(other)
+    assert match(bind(b"1", statement="s2") + TAIL, 0, shape, decoder) is None
+    assert match(batch(b"1"), 0, shape, decoder) is None  # (a Parse first: another shape)
+
+
+@pytest.mark.parametrize("data", [
+    batch(b"1", parse=Parse("", "SELECT 2", ())),  # a Parse not seen (not memoized) yet
+    PARSE.encode() + bind(b"1", statement="other") + TAIL,  # binds another statement
+    PARSE.encode() + bind(b"1") + Describe("S", "").encode() + Execute("", 0).encode()
+    + Sync().encode(),
+    PARSE.encode() + bind(b"1") + Describe("P", "").encode() + Execute("", 10).encode()
+    + Sync().encode(),  # a row limit
+    PARSE.encode() + bind(b"1") + Execute("", 0).encode() + Sync().encode(),  # no Describe
+    PARSE.encode() + bind(b"1") + TAIL[:-5] + Flush().encode(),  # no Sync
+    PARSE.encode() + bind(b"1") + Flush().encode() + TAIL,  # something in between
+    Describe("P", "").encode() + TAIL,
+], ids=["unknown-parse", "other-statement", "describe-s", "row-limit", "no-describe",
+        "flush", "in-between", "no-bind"])
+def test_other_batches_are_not_learnt(data: bytes) -> None:
+    assert learn(data, 0, client()) is None
+
+
+def test_a_batch_cut_short_is_neither_learnt_nor_matched() -> None:
+    decoder = client()
+    data = batch(b"\x00\x00\x00\x05", b"")
+    shape = shape_of(data, decoder)
+    for cut in range(len(data)):
+        assert learn(data[:cut], 0, decoder) is None
+        assert match(data[:cut], 0, shape, decoder) is None, cut
+
+
+@pytest.mark.parametrize("other", [
+    batch(b"1", b"2"),  # another count of values (and length of the head)
+    batch(b"1", results=(1,)),  # other result formats
+    batch(b"1", results=()),
+    PARSE.encode() + Bind("", "", (0,), (b"1",), (0,)).encode() + TAIL,  # other formats
+    batch(b"1")[:-5] + Flush().encode(),  # another message last
+], ids=["count", "results", "no-results", "param-formats", "tail"])
+def test_a_batch_of_another_shape_does_not_match(other: bytes) -> None:
+    decoder = client()
+    shape = shape_of(batch(b"1"), decoder)
+    assert match(other, 0, shape, decoder) is None
+
+
+def _with_length(data: bytes, at: int, length: int) -> bytes:
+    return data[:at] + length.to_bytes(4, "big", signed=True) + data[at + 4:]
+
+
+def test_malformed_values_do_not_match() -> None:
+    decoder = client()
+    good = batch(b"abcd")
+    shape = shape_of(good, decoder)
+    values = len(PARSE.encode()) + 5 + len(shape.head)  # the first value's length
+    for length in (-2, 5, 100, 1 << 30):  # past its Bind, or no length at all
+        assert match(_with_length(good, values, length), 0, shape, decoder) is None
+    assert match(_with_length(good, values, 4), 0, shape, decoder) == len(good)
+
+
+def test_a_bind_over_the_size_limit_does_not_match() -> None:
+    small = client(max_message_size=64)
+    data = batch(b"x" * 10)
+    shape = shape_of(data, small)
+    assert match(data, 0, shape, small) == len(data)
+    assert match(batch(b"x" * 100), 0, shape, small) is None
+
+
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=40)), min_size=1, max_size=4),
+       st.lists(st.one_of(st.none(), st.binary(max_size=40)), min_size=1, max_size=4),
+       st.binary(max_size=12))
+def test_match_finds_exactly_the_batch_the_decoder_reads(
+    first: list[bytes | None], second: list[bytes | None], after: bytes
+) -> None:
+    decoder = client()
+    shape = shape_of(batch(*first), decoder)
+    data = batch(*second) + after
+    end = match(data, 0, shape, decoder)
+    if len(first) != len(second):
+        assert end is None
+        return
+    assert end == len(data) - len(after)
+    reader = client()
+    reader.feed(data[:end])
+    messages = list(reader.messages())
+    assert [type(m) for m in messages] == [Parse, Bind, Describe, Execute, Sync]
+    assert messages[1].params == tuple(second)  # type: ignore[attr-defined]
+    assert reader.buffered == 0
+
+
+# ------------------------------------------------------------------------------- answer
+
+ROW = DataRow((b"1", b"Budi")).encode()
+DONE = CommandComplete("SELECT 1").encode() + ReadyForQuery("I").encode()
+HEAD = ParseComplete().encode() + BindComplete().encode() + FIELDS.encode()
+
+
+def test_a_whole_answer_is_found() -> None:
+    decoder = server(FIELDS.encode(), DONE)
+    data = HEAD + ROW + ROW + DONE
+    found = answer(data, 0, True, decoder)
+    assert found is not None
+    description, rows, rows_end, end = found
+    assert description == FIELDS and data[rows:rows_end] == ROW + ROW and end == len(data)
+    assert answer(data[5:], 0, False, decoder) == (FIELDS, rows - 5, rows_end - 5, end - 5)
+    assert answer(data[5:], 0, True, decoder) is None  # ParseComplete missing
+    assert answer(data, 0, False, decoder) is None
+
+
+def test_no_rows_and_no_data() -> None:
+    decoder = server(FIELDS.encode(), DONE, CommandComplete("UPDATE 0").encode())
+    found = answer(HEAD + DONE, 0, True, decoder)
+    assert found is not None and found[1] == found[2]
+    data = BindComplete().encode() + NoData().encode() + CommandComplete("UPDATE 0").encode() \
+        + ReadyForQuery("T").encode()
+    found = answer(data, 0, False, decoder)
+    assert found is not None and found[0] == NoData() and found[3] == len(data)
+
+
+@pytest.mark.parametrize("data", [
+    HEAD + ROW + ErrorResponse({"S": "ERROR", "C": "22012", "M": "division by zero"}).encode()
+    + ReadyForQuery("I").encode(),
+    HEAD + NoticeResponse({"S": "NOTICE", "M": "hi"}).encode() + ROW + DONE,
+    HEAD + ROW + NoticeResponse({"S": "NOTICE", "M": "hi"}).encode() + DONE,
+    HEAD + ROW + CommandComplete("SELECT 2").encode() + ReadyForQuery("I").encode(),
+    ParseComplete().encode() + BindComplete().encode() + RowDescription(
+        (FieldDescription("other"),)).encode() + DONE,
+    HEAD + ROW * (MAX_ROWS + 1) + DONE,
+    HEAD + b"D\x00\x00\x00\x01" + DONE,  # a DataRow of a length no DataRow may have
+], ids=["error", "notice-before", "notice-after", "unknown-complete", "unknown-fields",
+        "too-many-rows", "bad-row-length"])
+def test_other_answers_are_not_taken(data: bytes) -> None:
+    assert answer(data, 0, True, server(FIELDS.encode(), DONE)) is None
+
+
+def test_an_answer_cut_short_is_not_found() -> None:
+    decoder = server(FIELDS.encode(), DONE)
+    data = HEAD + ROW + DONE
+    for cut in range(len(data)):
+        assert answer(data[:cut], 0, True, decoder) is None, cut
+    assert answer(data + b"Z", 0, True, decoder) is not None  # (what follows is not read)
+
+
+def test_decoder_view_and_skip() -> None:
+    decoder = server()
+    data = HEAD + ROW + DONE
+    decoder.feed(data[:10])
+    assert decoder.view() == (data[:10], 0)
+    decoder.feed(data[10:])
+    assert decoder.view() is None  # not in one piece: message by message
+    assert isinstance(decoder.next_message(), ParseComplete)
+    fresh = server()
+    fresh.feed(data)
+    assert fresh.view() == (data, 0)
+    fresh.skip(10)
+    assert fresh.view() == (data, 10)
+    with pytest.raises(Exception, match="whole frames"):
+        fresh.skip(len(data) + 1)
+    assert isinstance(fresh.next_message(), RowDescription)
+
+
+# ------------------------------------------------------------------ through a live session
+
+POINT = "SELECT id, full_name, phone FROM customers WHERE id = %s"
+BY_ID = {c.id: c for c in SEED}
+
+
+@pytest.fixture(scope="module")
+async def env(module_dsn: str) -> AsyncIterator[PgEnv]:
+    async with pg_env(module_dsn) as e:
+        yield e
+
+
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Batches and answers taken whole by the sessions started from now on."""
+    counts: Counter[str] = Counter()
+    for name in ("take_batch", "take_answer"):
+        real: Callable[[Session], Any] = getattr(Session, name)
+
+        def counting(self: Session, real: Callable[[Session], Any] = real,
+                     name: str = name) -> Any:
+            out = real(self)
+            if out is not None:
+                counts[name] += 1
+            return out
+
+        monkeypatch.setattr(Session, name, counting)
+    yield counts
+
+
+async def point_selects(env: PgEnv, *, prepare: bool, binary: bool, ticket: str = ""
+                        ) -> list[tuple[Any, ...]]:
+    sql = POINT + (f" /*ticket='{ticket}'*/" if ticket else "")
+    async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
+        cur = conn.cursor(binary=binary)
+        rows = []
+        for _ in range(3):
+            for customer in SEED:
+                await cur.execute(sql, (customer.id,), prepare=prepare)  # type: ignore[arg-type]
+                rows += await cur.fetchall()
+        return rows
+
+
+@pytest.mark.parametrize("prepare", [False, True], ids=["extended", "prepared"])
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+async def test_point_selects_taken_whole_answer_as_message_by_message(
+    env: PgEnv, taken: Counter[str], monkeypatch: pytest.MonkeyPatch, prepare: bool,
+    binary: bool
+) -> None:
+    mark = env.mark()
+    whole = await point_selects(env, prepare=prepare, binary=binary)
+    assert taken["take_batch"] >= 2 * len(SEED) and taken["take_answer"] >= 2 * len(SEED)
+    monkeypatch.setattr(Session, "take_batch", lambda self: None)
+    one_by_one = await point_selects(env, prepare=prepare, binary=binary)
+    assert whole == one_by_one
+    assert {row[0] for row in whole} == set(BY_ID)
+    assert all(row[1] != BY_ID[row[0]].full_name for row in whole)
+    env.assert_no_leak(mark)
+
+
+async def test_a_ticket_reveals_its_customer_each_time_and_audits_it(
+    env: PgEnv, taken: Counter[str]
+) -> None:
+    ticket = env.new_ticket_id()
+    await env.add_ticket(ticket, [2])
+    mark = env.mark()
+    rows = await point_selects(env, prepare=True, binary=False, ticket=ticket)
+    # The batches are taken whole; their answers go one by one (rows checked against the
+    # ticket, a reveal audited before it is sent).
+    assert taken["take_batch"] >= 2 * len(SEED)
+    for cid, name, phone in rows:
+        clear = cid == 2
+        assert (name == BY_ID[cid].full_name) is clear and (phone == BY_ID[cid].phone) is clear
+    env.assert_no_leak(mark, except_ids=[2])
+    reveals = await env.pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE ticket = $1 AND action = 'reveal'", ticket)
+    assert reveals == 3  # one a query of customer 2, each before its answer was sent
+
+
+async def test_errors_refusals_and_declined_batches_go_one_by_one(
+    env: PgEnv, taken: Counter[str]
+) -> None:
+    mark = env.mark()
+    async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
+        for _ in range(3):
+            await conn.execute(POINT, (1,))
+        before = taken["take_answer"]
+        with pytest.raises(psycopg.errors.DivisionByZero):  # the server's error
+            await conn.execute("SELECT id / %s FROM customers WHERE id = 1", (0,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # refused by tokenproxy
+            await conn.execute("SELECT upper(full_name) FROM customers WHERE id = %s", (1,))
+        phone_token = (await (await conn.execute(POINT, (4,))).fetchone())[2]  # type: ignore[index]
+        for _ in range(2):  # a token to resolve: each batch declined, then message by message
+            found = await (await conn.execute(
+                "SELECT id FROM customers WHERE phone = %s", (phone_token,))).fetchall()
+            assert found == [(4,)]
+        row = await (await conn.execute(POINT, (3,))).fetchone()
+        assert row is not None and row[0] == 3 and row[1] != BY_ID[3].full_name
+        assert taken["take_answer"] > before  # whole again after all of them
+        async with conn.pipeline():  # several batches in one read, and their answers
+            cursors = [await conn.execute(POINT, (cid,)) for cid in (1, 2, 3)]
+        assert [(await c.fetchone())[0] for c in cursors] == [1, 2, 3]  # type: ignore[index]
+    env.assert_no_leak(mark)
