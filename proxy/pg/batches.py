@@ -1,13 +1,14 @@
 """A whole extended-protocol exchange found in the bytes, for a session to take in one step.
 
-libpq, psycopg and pgbench send a query with parameters as one batch of frames in one
-write: Parse (none for a prepared statement), Bind, Describe of the portal, Execute of all
-rows, Sync; the server answers in one write too: ParseComplete (when parsed),
-BindComplete, RowDescription or NoData, the DataRows, CommandComplete, ReadyForQuery. A
-point select's eleven messages cost more to frame and dispatch one by one than the work
-they carry. Here a batch's shape is learnt from its frames once (`learn`); a batch of the
-same shape is then recognised by its bytes alone (`match`: only the parameter values may
-differ), and its answer by its frames (`answer`).
+Drivers send a query with parameters as one batch of frames in one write: libpq, psycopg
+and pgbench send Parse (none for a prepared statement), Bind, Describe of the portal,
+Execute of all rows, Sync; asyncpg, which described its prepared statement once, Bind,
+Execute, Sync. The server answers in one write too: ParseComplete (when parsed),
+BindComplete, RowDescription or NoData (when described), the DataRows, CommandComplete,
+ReadyForQuery. A point select's ten or so messages cost more to frame and dispatch one by
+one than the work they carry. Here a batch's shape is learnt from its frames once
+(`learn`); a batch of the same shape is then recognised by its bytes alone (`match`: only
+the parameter values may differ), and its answer by its frames (`answer`).
 
 Only frames are read here (no I/O, no session state): whether a session may take a batch
 this way is the session's business. Anything else (a batch or answer split across reads,
@@ -38,7 +39,7 @@ _HEADER_FROM = struct.Struct("!Bi").unpack_from
 _I32_FROM = struct.Struct("!i").unpack_from
 _U16_FROM = struct.Struct("!H").unpack_from
 _PARSE, _BIND, _DESCRIBE, _EXECUTE, _SYNC = 0x50, 0x42, 0x44, 0x45, 0x53
-_DATA_ROW, _COMMAND_COMPLETE, _READY = 0x44, 0x43, 0x5A
+_DATA_ROW = 0x44
 _PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 _BIND_COMPLETE = b"2\x00\x00\x00\x04"
 MAX_ROWS = 256  # DataRows an answer may hold to be taken whole (more: row runs do better)
@@ -56,7 +57,8 @@ class BatchShape:
     head: bytes  # the Bind's payload up to its values (names, formats, value count)
     count: int  # how many values
     results: bytes  # the Bind's payload after its values (the result formats)
-    tail: bytes  # the Describe, Execute and Sync frames
+    described: bool  # the batch describes its portal
+    tail: bytes  # the frames after the Bind: [Describe], Execute, Sync
 
 
 def _frame_at(buf: bytes, pos: int) -> tuple[int, int] | None:
@@ -88,8 +90,10 @@ def bind_key(buf: bytes, pos: int, end: int) -> tuple[bytes, int] | None:
 
 def learn(buf: bytes, pos: int, decoder: FrontendDecoder) -> BatchShape | None:
     """The shape of the batch at ``buf[pos:]`` (see the module docstring), if one is there
-    whole: [Parse], Bind, Describe of the Bind's portal, Execute of it with no row limit,
-    Sync. The Parse must be one ``decoder`` has seen before (`known`)."""
+    whole: [Parse], Bind, [Describe of the Bind's portal], Execute of it with no row
+    limit, Sync. The Parse must be one ``decoder`` has seen before (`known`), and comes
+    with a Describe (a statement parsed and executed undescribed goes message by message:
+    its rows must be described first)."""
     frames: list[tuple[int, int, int]] = []  # (type, start, end)
     p = pos
     while len(frames) < 5:
@@ -107,23 +111,23 @@ def learn(buf: bytes, pos: int, decoder: FrontendDecoder) -> BatchShape | None:
     if frames[0][0] == _PARSE:
         parse_frame = buf[frames[0][1] : frames[0][2]]
         del frames[0]
-    if [code for code, _, _ in frames] != [_BIND, _DESCRIBE, _EXECUTE, _SYNC]:
+    codes = [code for code, _, _ in frames]
+    described = codes == [_BIND, _DESCRIBE, _EXECUTE, _SYNC]
+    if not (described or (codes == [_BIND, _EXECUTE, _SYNC] and not parse_frame)):
         return None
     known = decoder.known(parse_frame) if parse_frame else None
     parse = known if isinstance(known, Parse) else None
     if parse_frame and parse is None:
         return None
-    (_, b_start, b_end), (_, d_start, d_end), (_, e_start, e_end), (_, _, s_end) = frames
+    (_, b_start, b_end), (_, tail, _) = frames[0], frames[1]
     try:
-        bind = decode_frontend(buf[b_start:b_end])
-        describe = decode_frontend(buf[d_start:d_end])
-        execute = decode_frontend(buf[e_start:e_end])
+        bind, *rest, _ = [decode_frontend(buf[start:end]) for _, start, end in frames]
     except ProtocolError:
         return None
     if not (
         isinstance(bind, Bind)
-        and describe == Describe("P", bind.portal)
-        and execute == Execute(bind.portal, 0)
+        and rest == ([Describe("P", bind.portal)] if described else []) + [
+            Execute(bind.portal, 0)]
         and (parse is None or parse.statement == bind.statement)
     ):
         return None
@@ -142,7 +146,8 @@ def learn(buf: bytes, pos: int, decoder: FrontendDecoder) -> BatchShape | None:
         head=head,
         count=len(bind.params),
         results=buf[values:b_end],
-        tail=buf[d_start:s_end],
+        described=described,
+        tail=buf[tail:p],
     )
 
 
@@ -178,15 +183,17 @@ def match(buf: bytes, pos: int, shape: BatchShape, decoder: FrontendDecoder) -> 
     return end
 
 
-Answer = tuple[RowDescription | NoData, int, int, int]
+Answer = tuple[RowDescription | NoData | None, int, int, int]
 
 
-def answer(buf: bytes, pos: int, parsed: bool, decoder: BackendDecoder) -> Answer | None:
-    """The whole answer to a batch at ``buf[pos:]`` (``parsed``: the batch had a Parse),
-    if it is there: [ParseComplete], BindComplete, RowDescription or NoData (one
-    ``decoder`` knows), at most `MAX_ROWS` DataRows, CommandComplete (known) and
-    ReadyForQuery. As (the description, where the rows begin, where they end, where the
-    answer ends); else None.
+def answer(
+    buf: bytes, pos: int, parsed: bool, described: bool, decoder: BackendDecoder
+) -> Answer | None:
+    """The whole answer to a batch at ``buf[pos:]`` (``parsed``, ``described``: the batch
+    had a Parse, a Describe), if it is there: [ParseComplete], BindComplete,
+    [RowDescription or NoData (one ``decoder`` knows)], at most `MAX_ROWS` DataRows,
+    CommandComplete (known) and ReadyForQuery. As (the description or None, where the rows
+    begin, where they end, where the answer ends); else None.
 
     (A frame is found by its bytes, length included: one cut short by the buffer's end
     is never taken for a whole one.)"""
@@ -200,12 +207,15 @@ def answer(buf: bytes, pos: int, parsed: bool, decoder: BackendDecoder) -> Answe
     p += 5
     known = decoder.known
     try:
-        _, size = _HEADER_FROM(buf, p)
-        end = p + 1 + size
-        description = known(buf[p:end])
-        if type(description) is not RowDescription and type(description) is not NoData:
-            return None
-        rows = p = end
+        description: RowDescription | NoData | None = None
+        if described:
+            _, size = _HEADER_FROM(buf, p)
+            end = p + 1 + size
+            found = known(buf[p:end])
+            if not isinstance(found, RowDescription | NoData):
+                return None
+            description, p = found, end
+        rows = p
         n = len(buf)
         for _ in range(MAX_ROWS + 1):
             code, size = _HEADER_FROM(buf, p)

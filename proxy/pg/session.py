@@ -176,9 +176,10 @@ class _Expect:
 
 
 # Expectations that carry nothing and are never changed: shared. Those of a batch taken
-# whole (`Session.take_batch`) are their own, so that its answer is known for one.
+# whole (`Session.take_batch`) are their own, so that its answer is known for one: a
+# Parse, a Bind followed by a Describe (_BATCH_BIND), a Bind with none (_BATCH_BOUND).
 _SYNC, _BIND, _CLOSE = _Expect("sync"), _Expect("bind"), _Expect("close")
-_BATCH_PARSE, _BATCH_BIND = _Expect("parse"), _Expect("bind")
+_BATCH_PARSE, _BATCH_BIND, _BATCH_BOUND = _Expect("parse"), _Expect("bind"), _Expect("bind")
 
 
 @dataclass(slots=True)
@@ -610,8 +611,11 @@ class Session:
             statement.refusal is not None
             or statement.problems
             or statement.copy_from_stdin
-            or (parse is not None and statement.slots)  # (literals resolved at the Parse)
-            or any(slot.param is not None for slot in statement.slots)  # (values to resolve)
+            or (statement.slots and (
+                parse is not None  # (literals to resolve in the Parse)
+                or any(slot.param is not None for slot in statement.slots)  # (values)
+            ))
+            or not (shape.described or prepared.describing)  # (a Describe to inject)
         ):
             return False
         if parse is not None:
@@ -619,13 +623,16 @@ class Session:
         ticket = prepared.ticket_comment or self.gate.ticket_now()
         run = self._run(statement, prepared.known, ticket, prepared.snapshot)
         portal = self.portals[shape.portal] = _Portal(
-            prepared, run, shape.result_formats, describing=True
+            prepared, run, shape.result_formats, describing=shape.described
         )
         expect = self.expect
         if parse is not None:
             expect.append(_BATCH_PARSE)
-        expect.append(_BATCH_BIND)
-        expect.append(_Expect("describe", name=shape.portal, describe="P", portal=portal))
+        if shape.described:
+            expect.append(_BATCH_BIND)
+            expect.append(_Expect("describe", name=shape.portal, describe="P", portal=portal))
+        else:
+            expect.append(_BATCH_BOUND)
         expect.append(_Expect("execute", run=run, name=shape.portal, portal=portal))
         expect.append(_SYNC)
         return True
@@ -690,25 +697,30 @@ class Session:
             return None
         head = expect[0]
         parsed = head is _BATCH_PARSE
-        if not (parsed or head is _BATCH_BIND) or self.cutting:
+        described = parsed or head is _BATCH_BIND
+        if not (described or head is _BATCH_BOUND) or self.cutting:
             return None
         decoder = self.est.server_decoder
         view = decoder.view()
         if view is None:
             return None
         buf, pos = view
-        found = answer(buf, pos, parsed, decoder)
+        found = answer(buf, pos, parsed, described, decoder)
         if found is None:
             return None
         description, rows_at, rows_end, end = found
-        execute = expect[2 + parsed]
+        execute = expect[parsed + described + 1]  # ([parse], bind, [describe], execute)
         portal, run = execute.portal, execute.run
         if execute.refusal is not None or portal is None or run is None or run.undeclared:
             return None
         has_rows = rows_at < rows_end
         rows = b""
-        if type(description) is RowDescription:
-            fields = description.fields
+        fields = description.fields if type(description) is RowDescription else None
+        if not described:
+            fields = portal.fields()  # (the statement's description, as the Execute's)
+            if fields is None and not portal.no_rows:
+                return None
+        if fields is not None:
             plan = self._cached_plan(run, fields)
             if plan is None:
                 return None  # (planned message by message the first time)
@@ -728,12 +740,11 @@ class Session:
                         return None  # tokens to fetch, reveals to audit
         elif has_rows:
             return None
-        else:
-            fields = None
         # What _ack, _described, _planned, _executing and _ready do with these answers.
-        portal.description, portal.described = fields, True
+        if described:
+            portal.description, portal.described = fields, True
         execute.planned = True
-        for _ in range(4 + parsed):
+        for _ in range(parsed + described + 3):
             expect.popleft()
         self._completed(run)
         decoder.skip(end)

@@ -108,6 +108,20 @@ def test_a_prepared_statements_batch_has_no_parse() -> None:
     assert match(batch(b"1"), 0, shape, decoder) is None  # (a Parse first: another shape)
 
 
+def test_a_prepared_statement_executed_undescribed() -> None:
+    decoder = client(b"")
+    tail = Execute("p", 0).encode() + Sync().encode()
+    data = bind(b"1", statement="s1", portal="p") + tail  # (asyncpg's)
+    shape = shape_of(data, decoder)
+    assert not shape.described and shape.tail == tail and shape.portal == "p"
+    other = bind(b"22", statement="s1", portal="p") + tail
+    assert match(other, 0, shape, decoder) == len(other)
+    assert match(bind(b"1", statement="s1", portal="p") + TAIL, 0, shape, decoder) is None
+    # A statement parsed in the batch has its rows described first (message by message).
+    assert learn(PARSE.encode() + bind(b"1") + Execute("", 0).encode() + Sync().encode(), 0,
+                 client()) is None
+
+
 @pytest.mark.parametrize("data", [
     batch(b"1", parse=Parse("", "SELECT 2", ())),  # a Parse not seen (not memoized) yet
     PARSE.encode() + bind(b"1", statement="other") + TAIL,  # binds another statement
@@ -115,12 +129,14 @@ def test_a_prepared_statements_batch_has_no_parse() -> None:
     + Sync().encode(),
     PARSE.encode() + bind(b"1") + Describe("P", "").encode() + Execute("", 10).encode()
     + Sync().encode(),  # a row limit
-    PARSE.encode() + bind(b"1") + Execute("", 0).encode() + Sync().encode(),  # no Describe
+    PARSE.encode() + bind(b"1") + Execute("other", 0).encode() + Sync().encode(),
+    bind(b"1") + Describe("P", "").encode() + Describe("P", "").encode()
+    + Execute("", 0).encode() + Sync().encode(),
     PARSE.encode() + bind(b"1") + TAIL[:-5] + Flush().encode(),  # no Sync
     PARSE.encode() + bind(b"1") + Flush().encode() + TAIL,  # something in between
     Describe("P", "").encode() + TAIL,
-], ids=["unknown-parse", "other-statement", "describe-s", "row-limit", "no-describe",
-        "flush", "in-between", "no-bind"])
+], ids=["unknown-parse", "other-statement", "describe-s", "row-limit", "other-portal",
+        "two-describes", "flush", "in-between", "no-bind"])
 def test_other_batches_are_not_learnt(data: bytes) -> None:
     assert learn(data, 0, client()) is None
 
@@ -201,23 +217,32 @@ HEAD = ParseComplete().encode() + BindComplete().encode() + FIELDS.encode()
 def test_a_whole_answer_is_found() -> None:
     decoder = server(FIELDS.encode(), DONE)
     data = HEAD + ROW + ROW + DONE
-    found = answer(data, 0, True, decoder)
+    found = answer(data, 0, True, True, decoder)
     assert found is not None
     description, rows, rows_end, end = found
     assert description == FIELDS and data[rows:rows_end] == ROW + ROW and end == len(data)
-    assert answer(data[5:], 0, False, decoder) == (FIELDS, rows - 5, rows_end - 5, end - 5)
-    assert answer(data[5:], 0, True, decoder) is None  # ParseComplete missing
-    assert answer(data, 0, False, decoder) is None
+    assert answer(data[5:], 0, False, True, decoder) == (FIELDS, rows - 5, rows_end - 5, end - 5)
+    assert answer(data[5:], 0, True, True, decoder) is None  # ParseComplete missing
+    assert answer(data, 0, False, True, decoder) is None
 
 
 def test_no_rows_and_no_data() -> None:
     decoder = server(FIELDS.encode(), DONE, CommandComplete("UPDATE 0").encode())
-    found = answer(HEAD + DONE, 0, True, decoder)
+    found = answer(HEAD + DONE, 0, True, True, decoder)
     assert found is not None and found[1] == found[2]
     data = BindComplete().encode() + NoData().encode() + CommandComplete("UPDATE 0").encode() \
         + ReadyForQuery("T").encode()
-    found = answer(data, 0, False, decoder)
+    found = answer(data, 0, False, True, decoder)
     assert found is not None and found[0] == NoData() and found[3] == len(data)
+
+
+def test_an_answer_with_no_description() -> None:
+    decoder = server(DONE)
+    data = BindComplete().encode() + ROW + DONE
+    assert answer(data, 0, False, False, decoder) == (None, 5, 5 + len(ROW), len(data))
+    assert answer(data, 0, False, True, decoder) is None
+    assert answer(BindComplete().encode() + FIELDS.encode() + ROW + DONE, 0, False, False,
+                  server(FIELDS.encode(), DONE)) is None  # (a description not asked for)
 
 
 @pytest.mark.parametrize("data", [
@@ -233,15 +258,15 @@ def test_no_rows_and_no_data() -> None:
 ], ids=["error", "notice-before", "notice-after", "unknown-complete", "unknown-fields",
         "too-many-rows", "bad-row-length"])
 def test_other_answers_are_not_taken(data: bytes) -> None:
-    assert answer(data, 0, True, server(FIELDS.encode(), DONE)) is None
+    assert answer(data, 0, True, True, server(FIELDS.encode(), DONE)) is None
 
 
 def test_an_answer_cut_short_is_not_found() -> None:
     decoder = server(FIELDS.encode(), DONE)
     data = HEAD + ROW + DONE
     for cut in range(len(data)):
-        assert answer(data[:cut], 0, True, decoder) is None, cut
-    assert answer(data + b"Z", 0, True, decoder) is not None  # (what follows is not read)
+        assert answer(data[:cut], 0, True, True, decoder) is None, cut
+    assert answer(data + b"Z", 0, True, True, decoder) is not None  # (what follows is not read)
 
 
 def test_decoder_view_and_skip() -> None:
@@ -339,6 +364,32 @@ async def test_a_ticket_reveals_its_customer_each_time_and_audits_it(
     reveals = await env.pool.fetchval(
         "SELECT count(*) FROM audit_log WHERE ticket = $1 AND action = 'reveal'", ticket)
     assert reveals == 3  # one a query of customer 2, each before its answer was sent
+
+
+async def test_asyncpg_prepared_statements_taken_whole(
+    env: PgEnv, taken: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await env.connect()
+        try:
+            rows = []
+            for _ in range(3):
+                for customer in SEED:
+                    rows += [tuple(r) for r in await conn.fetch(POINT.replace("%s", "$1"),
+                                                                customer.id)]
+                await conn.execute("UPDATE plain_items SET label = label WHERE id = $1", 1)
+            return rows
+        finally:
+            await conn.close()
+
+    mark = env.mark()
+    whole = await run()
+    assert taken["take_batch"] >= 2 * len(SEED) and taken["take_answer"] >= 2 * len(SEED)
+    monkeypatch.setattr(Session, "take_batch", lambda self: None)
+    assert await run() == whole
+    assert {row[0] for row in whole} == set(BY_ID)
+    assert all(row[1] != BY_ID[row[0]].full_name for row in whole)
+    env.assert_no_leak(mark)
 
 
 async def test_errors_refusals_and_declined_batches_go_one_by_one(
