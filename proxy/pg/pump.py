@@ -15,12 +15,15 @@ from typing import Any, Protocol
 
 from proxy.pg.link import Link
 
-__all__ = ["Ended", "Pump"]
+__all__ = ["Ended", "Pump", "Taken"]
 
 BACKLOG = 1 << 20  # bytes buffered behind a waiting message before reading pauses
 _BACKLOG = "backlog"
 
 Handled = bytes | list[bytes] | Coroutine[Any, Any, bytes | list[bytes]]
+# What a `Pump`'s ``whole`` takes from the start of a read: the bytes to send on, and where
+# in the read what it took ends.
+Taken = tuple[bytes | list[bytes], int]
 
 
 class Decoder(Protocol):
@@ -44,8 +47,11 @@ class Pump:
     ``handlers``: the handler of each message type that has its own; ``handle`` takes the
     others. ``take``: an optional look before each message (the server side takes a whole
     run of DataRows there), which the owner may set and clear at any time (it is read
-    before each message); None to decode one message. ``end`` is called once, with the
-    exception that ended the pump (`Ended` for a normal end).
+    before each message); None to decode one message. ``whole``: an optional look at a
+    read that arrives with nothing buffered or waiting before it, which may take what it
+    begins with straight from it (a whole batch, a whole answer: no buffering, no loop);
+    the rest goes through the decoder. ``end`` is called once, with the exception that
+    ended the pump (`Ended` for a normal end).
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class Pump:
         end: Callable[[BaseException], None],
         take: Callable[[], Handled | None] | None = None,
         handlers: Mapping[type, Callable[[Any], Handled]] | None = None,
+        whole: Callable[[bytes], Taken | None] | None = None,
     ) -> None:
         self.decoder = decoder
         self.handle = handle
@@ -65,12 +72,26 @@ class Pump:
         self.sink = sink
         self.end = end
         self.take = take
+        self.whole = whole
         self.waiting: asyncio.Task[None] | None = None
         self.stopped = False
 
     def feed(self, data: bytes) -> None:
         if self.stopped:
             return
+        whole = self.whole
+        if whole is not None and self.waiting is None and not self.decoder.buffered:
+            try:
+                taken = whole(data)
+            except BaseException as exc:
+                self._stop(exc)
+                return
+            if taken is not None:
+                out, end = taken
+                self.sink.transport.write(out if isinstance(out, bytes) else b"".join(out))
+                if end == len(data):
+                    return
+                data = data[end:]
         try:
             self.decoder.feed(data)
         except Exception as exc:  # a decoder that failed before: the session is ending

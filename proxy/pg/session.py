@@ -80,7 +80,7 @@ from proxy.pg.messages import (
     Terminate,
 )
 from proxy.pg.notices import scrub_fields
-from proxy.pg.pump import Ended, Handled, Pump
+from proxy.pg.pump import Ended, Handled, Pump, Taken
 from proxy.pg.refusals import CANNOT_CONNECT_NOW, INSUFFICIENT_PRIVILEGE, error
 from proxy.pg.results import ResultCut, ResultPlan, RowRewriter, Tokens, plan_result, tokens_of
 from proxy.pg.startup import Established
@@ -548,10 +548,20 @@ class Session:
 
     # ---- a whole batch at once (proxy.pg.batches)
 
+    def whole_batch(self, data: bytes) -> Taken | None:
+        """A read that begins with a whole batch of a shape learnt before (Parse, Bind,
+        Describe, Execute, Sync): taken straight from it when each of its messages would
+        take its handler's usual path (the client pump's ``whole``)."""
+        if self._alone:  # (a batch declined is still on its way, message by message)
+            return None
+        end = self._batch_at(data, 0)
+        if end is None:
+            return None
+        return (data if end == len(data) else data[:end]), end
+
     def take_batch(self) -> Handled | None:
-        """A whole batch of a shape learnt before (Parse, Bind, Describe, Execute, Sync),
-        taken in one step when each of its messages would take its handler's usual path;
-        None: the next message goes alone."""
+        """`whole_batch` of the bytes buffered (the client pump's ``take``); None: the
+        next message goes alone."""
         if self._alone:
             self._alone -= 1  # (one call a message: the pump reads the next one now)
             return None
@@ -560,6 +570,18 @@ class Session:
         if view is None:
             return None
         buf, pos = view
+        end = self._batch_at(buf, pos)
+        if end is None:
+            if self._alone:
+                self._alone -= 1  # (declined: this call was for its first message)
+            return None
+        decoder.skip(end)
+        return buf[pos:end]
+
+    def _batch_at(self, buf: bytes, pos: int) -> int | None:
+        """Where the batch at ``buf[pos:]`` ends, its state made (`_batch`); None when
+        there is none, or it goes message by message (`_alone` then counts its
+        messages)."""
         if pos + 5 > len(buf):
             return None
         code, size = _HEADER_FROM(buf, pos)
@@ -573,6 +595,7 @@ class Session:
             shapes, key = self._bind_shapes, found[0]
         else:
             return None
+        decoder = self.est.client_decoder
         shape = shapes.get(key)
         end = None if shape is None else match(buf, pos, shape, decoder)
         if shape is None or end is None:
@@ -583,10 +606,9 @@ class Session:
                 shapes.clear()
             shapes[key] = shape
         if not self._batch(shape):
-            self._alone = 3 if shape.parse is None else 4  # (the messages after this one)
+            self._alone = (shape.parse is not None) + shape.described + 3
             return None
-        decoder.skip(end)
-        return buf if pos == 0 and end == len(buf) else buf[pos:end]
+        return end
 
     def _batch(self, shape: BatchShape) -> bool:
         """The session state a batch of ``shape`` makes, as its messages' handlers make it
@@ -688,10 +710,31 @@ class Session:
         self._taking = kind
         self._server.take = self.take_rows if kind else self.take_answer
 
+    def whole_answer(self, data: bytes) -> Taken | None:
+        """A read that begins with the whole answer to a batch taken whole: taken straight
+        from it when each of its messages would take its handler's usual path (the server
+        pump's ``whole``)."""
+        if self._taking:  # (rows of a result under way)
+            return None
+        return self._answer_at(data, 0)
+
     def take_answer(self) -> Handled | None:
-        """The whole answer to a batch taken whole (`take_batch`), taken in one step when
-        each of its messages would take its handler's usual path; None: the next message
-        goes alone."""
+        """`whole_answer` of the bytes buffered (the server pump's ``take`` between
+        results); None: the next message goes alone."""
+        decoder = self.est.server_decoder
+        view = decoder.view()
+        if view is None:
+            return None
+        taken = self._answer_at(*view)
+        if taken is None:
+            return None
+        decoder.skip(taken[1])
+        return taken[0]
+
+    def _answer_at(self, buf: bytes, pos: int) -> Taken | None:
+        """The bytes to send for the answer at ``buf[pos:]`` to the batch at the head, and
+        where it ends, its state changed as message by message; None when it is not one,
+        or goes message by message."""
         expect = self.expect
         if not expect:
             return None
@@ -700,12 +743,7 @@ class Session:
         described = parsed or head is _BATCH_BIND
         if not (described or head is _BATCH_BOUND) or self.cutting:
             return None
-        decoder = self.est.server_decoder
-        view = decoder.view()
-        if view is None:
-            return None
-        buf, pos = view
-        found = answer(buf, pos, parsed, described, decoder)
+        found = answer(buf, pos, parsed, described, self.est.server_decoder)
         if found is None:
             return None
         description, rows_at, rows_end, end = found
@@ -747,10 +785,9 @@ class Session:
         for _ in range(parsed + described + 3):
             expect.popleft()
         self._completed(run)
-        decoder.skip(end)
         if not has_rows:
-            return buf[pos:end]
-        return [buf[pos:rows_at], rows, buf[rows_end:end]]
+            return (buf if pos == 0 and end == len(buf) else buf[pos:end]), end
+        return [buf[pos:rows_at], rows, buf[rows_end:end]], end
 
     def take_rows(self) -> Handled | None:
         """A whole run of DataRows of a planned result, or of CopyData of a COPY TO STDOUT,
@@ -1241,9 +1278,9 @@ class Session:
         client.peer, server.peer = server, client
         self._client = Pump(est.client_decoder, self.on_client, client, server,
                             lambda exc: end(exc, "client"), take=self.take_batch,
-                            handlers=self._client_handlers)
+                            handlers=self._client_handlers, whole=self.whole_batch)
         self._server = Pump(est.server_decoder, self.on_server, server, client, end,
-                            take=self.take_answer,
+                            take=self.take_answer, whole=self.whole_answer,
                             handlers=dict.fromkeys(_ACKS, self._ack) | {
                                 ReadyForQuery: self._ready,
                                 RowDescription: self._description,

@@ -303,18 +303,25 @@ async def env(module_dsn: str) -> AsyncIterator[PgEnv]:
 def taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     """Batches and answers taken whole by the sessions started from now on."""
     counts: Counter[str] = Counter()
-    for name in ("take_batch", "take_answer"):
-        real: Callable[[Session], Any] = getattr(Session, name)
+    for name, what in (("take_batch", "batch"), ("whole_batch", "batch"),
+                       ("take_answer", "answer"), ("whole_answer", "answer")):
+        real: Callable[..., Any] = getattr(Session, name)
 
-        def counting(self: Session, real: Callable[[Session], Any] = real,
-                     name: str = name) -> Any:
-            out = real(self)
+        def counting(self: Session, *args: Any, real: Callable[..., Any] = real,
+                     what: str = what) -> Any:
+            out = real(self, *args)
             if out is not None:
-                counts[name] += 1
+                counts[what] += 1
             return out
 
         monkeypatch.setattr(Session, name, counting)
     yield counts
+
+
+def message_by_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No batch taken whole by the sessions started from now on."""
+    monkeypatch.setattr(Session, "take_batch", lambda self: None)
+    monkeypatch.setattr(Session, "whole_batch", lambda self, data: None)
 
 
 async def point_selects(env: PgEnv, *, prepare: bool, binary: bool, ticket: str = ""
@@ -338,8 +345,8 @@ async def test_point_selects_taken_whole_answer_as_message_by_message(
 ) -> None:
     mark = env.mark()
     whole = await point_selects(env, prepare=prepare, binary=binary)
-    assert taken["take_batch"] >= 2 * len(SEED) and taken["take_answer"] >= 2 * len(SEED)
-    monkeypatch.setattr(Session, "take_batch", lambda self: None)
+    assert taken["batch"] >= 2 * len(SEED) and taken["answer"] >= 2 * len(SEED)
+    message_by_message(monkeypatch)
     one_by_one = await point_selects(env, prepare=prepare, binary=binary)
     assert whole == one_by_one
     assert {row[0] for row in whole} == set(BY_ID)
@@ -356,7 +363,7 @@ async def test_a_ticket_reveals_its_customer_each_time_and_audits_it(
     rows = await point_selects(env, prepare=True, binary=False, ticket=ticket)
     # The batches are taken whole; their answers go one by one (rows checked against the
     # ticket, a reveal audited before it is sent).
-    assert taken["take_batch"] >= 2 * len(SEED)
+    assert taken["batch"] >= 2 * len(SEED)
     for cid, name, phone in rows:
         clear = cid == 2
         assert (name == BY_ID[cid].full_name) is clear and (phone == BY_ID[cid].phone) is clear
@@ -384,8 +391,8 @@ async def test_asyncpg_prepared_statements_taken_whole(
 
     mark = env.mark()
     whole = await run()
-    assert taken["take_batch"] >= 2 * len(SEED) and taken["take_answer"] >= 2 * len(SEED)
-    monkeypatch.setattr(Session, "take_batch", lambda self: None)
+    assert taken["batch"] >= 2 * len(SEED) and taken["answer"] >= 2 * len(SEED)
+    message_by_message(monkeypatch)
     assert await run() == whole
     assert {row[0] for row in whole} == set(BY_ID)
     assert all(row[1] != BY_ID[row[0]].full_name for row in whole)
@@ -399,7 +406,7 @@ async def test_errors_refusals_and_declined_batches_go_one_by_one(
     async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
         for _ in range(3):
             await conn.execute(POINT, (1,))
-        before = taken["take_answer"]
+        before = taken["answer"]
         with pytest.raises(psycopg.errors.DivisionByZero):  # the server's error
             await conn.execute("SELECT id / %s FROM customers WHERE id = 1", (0,))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # refused by tokenproxy
@@ -411,7 +418,7 @@ async def test_errors_refusals_and_declined_batches_go_one_by_one(
             assert found == [(4,)]
         row = await (await conn.execute(POINT, (3,))).fetchone()
         assert row is not None and row[0] == 3 and row[1] != BY_ID[3].full_name
-        assert taken["take_answer"] > before  # whole again after all of them
+        assert taken["answer"] > before  # whole again after all of them
         async with conn.pipeline():  # several batches in one read, and their answers
             cursors = [await conn.execute(POINT, (cid,)) for cid in (1, 2, 3)]
         assert [(await c.fetchone())[0] for c in cursors] == [1, 2, 3]  # type: ignore[index]

@@ -205,6 +205,42 @@ async def test_handlers_by_type_and_a_take_switched_on_mid_batch() -> None:
         assert pump.take is None
 
 
+async def test_whole_takes_the_start_of_a_read_with_nothing_before_it() -> None:
+    """``whole`` sees a read only when nothing is buffered or waiting before it; what it
+    takes is sent as it says, the rest of the read goes through the decoder, in order;
+    a ``whole`` that fails ends the pump."""
+    async with rig() as r:
+        seen: list[bytes] = []
+
+        def whole(data: bytes) -> tuple[bytes | list[bytes], int] | None:
+            seen.append(data)
+            if data.startswith(cc("BOOM")):
+                raise RuntimeError("whole failed")
+            if not data.startswith(cc("X")):
+                return None
+            return [b"whole-", b"X;"], len(cc("X"))
+
+        r.pump.whole = whole
+        r.feeder.write(cc("X") + cc("A"))
+        assert await r.read_tags(2) == ["whole-X", "A"]
+        r.feeder.write(cc("WAIT"))
+        await asyncio.sleep(0.05)
+        r.feeder.write(cc("X"))  # behind a message that waits: through the decoder
+        await asyncio.sleep(0.05)
+        assert seen == [cc("X") + cc("A"), cc("WAIT")]
+        r.release.set()
+        assert await r.read_tags(2) == ["WAIT", "X"]
+        r.feeder.write(cc("B")[:3])  # half a message buffered: the next read is not whole's
+        await asyncio.sleep(0.05)
+        r.feeder.write(cc("B")[3:] + cc("X"))
+        assert await r.read_tags(2) == ["B", "X"]
+        assert len(seen) == 3
+        r.feeder.write(cc("BOOM") + cc("C"))
+        await asyncio.sleep(0.05)
+        assert [type(e) for e in r.ended] == [RuntimeError]
+        assert r.handled == ["A", "WAIT", "X", "B", "X"]  # not C: nothing after the failure
+
+
 async def test_a_link_takes_over_only_once_told_where_its_bytes_go() -> None:
     a, b = socket.socketpair()
     reader, writer = await _streams(a)
