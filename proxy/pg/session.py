@@ -158,6 +158,8 @@ class _Run:
     ticket: str | None
     snapshot: CatalogSnapshot | None
     undeclared: bool = False  # FETCH/EXECUTE of a cursor or statement not seen here
+    # The plan of its rows last found (`Session._answer_at`): (fields, encoding, plan).
+    planned: tuple[tuple[FieldDescription, ...], str, ResultPlan] | None = None
 
 
 @dataclass(slots=True)
@@ -291,6 +293,7 @@ class Session:
         self._shapes: dict[bytes, BatchShape] = {}
         self._bind_shapes: dict[bytes, BatchShape] = {}
         self._alone = 0  # messages of a batch declined, left to go one by one
+        self._batch_runs: dict[int, _Run] = {}  # by id(statement): the last batch's run
         est.server_decoder.memoize(_MEMOIZED, _PLAN_CACHE)
         est.server_decoder.passthrough = _FRAMED
         est.client_decoder.memoize(_CLIENT_MEMOIZED, _PLAN_CACHE)
@@ -643,7 +646,21 @@ class Session:
         if parse is not None:
             self.statements[parse.statement] = prepared
         ticket = prepared.ticket_comment or self.gate.ticket_now()
-        run = self._run(statement, prepared.known, ticket, prepared.snapshot)
+        run = self._batch_runs.get(id(statement))  # (a run changes nothing it holds)
+        if (
+            run is None
+            or run.statement is not statement
+            or run.snapshot is not prepared.snapshot
+            or run.ticket != ticket
+            or run.known
+            or prepared.known
+            or statement.fetch is not None  # (FETCH, EXECUTE: outputs of the session's)
+            or statement.execute is not None
+        ):
+            run = self._run(statement, prepared.known, ticket, prepared.snapshot)
+            if len(self._batch_runs) >= _PLAN_CACHE:
+                self._batch_runs.clear()
+            self._batch_runs[id(statement)] = run
         portal = self.portals[shape.portal] = _Portal(
             prepared, run, shape.result_formats, describing=shape.described
         )
@@ -759,9 +776,15 @@ class Session:
             if fields is None and not portal.no_rows:
                 return None
         if fields is not None:
-            plan = self._cached_plan(run, fields)
-            if plan is None:
-                return None  # (planned message by message the first time)
+            planned = run.planned
+            if planned is not None and planned[0] is fields and planned[1] == self.encoding:
+                plan = planned[2]
+            else:
+                found_plan = self._cached_plan(run, fields)
+                if found_plan is None:
+                    return None  # (planned message by message the first time)
+                plan = found_plan
+                run.planned = (fields, self.encoding, plan)
             self._use(run, plan)
             result = self.result
             self.result = None

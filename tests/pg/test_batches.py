@@ -399,6 +399,31 @@ async def test_asyncpg_prepared_statements_taken_whole(
     env.assert_no_leak(mark)
 
 
+async def test_a_session_ticket_set_between_batches_of_one_shape(
+    env: PgEnv, taken: Counter[str]
+) -> None:
+    """The ticket is the session's at each batch, not the one of the batch before."""
+    ticket = env.new_ticket_id()
+    await env.add_ticket(ticket, [3])
+    mark = env.mark()
+    async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
+        async def name_of_3() -> str:
+            row = await (await conn.execute(POINT, (3,))).fetchone()
+            assert row is not None
+            return str(row[1])
+
+        before = [await name_of_3() for _ in range(3)]
+        await conn.execute(f"SET tokenproxy.ticket = '{ticket}'")
+        during = [await name_of_3() for _ in range(3)]
+        await conn.execute("RESET tokenproxy.ticket")
+        after = [await name_of_3() for _ in range(3)]
+    real = BY_ID[3].full_name
+    assert real not in before + after and len(set(before + after)) == 1
+    assert during == [real] * 3
+    assert taken["batch"] >= 8
+    env.assert_no_leak(mark, except_ids=[3])
+
+
 async def test_errors_refusals_and_declined_batches_go_one_by_one(
     env: PgEnv, taken: Counter[str]
 ) -> None:
