@@ -119,7 +119,7 @@ def learn(buf: bytes, pos: int, decoder: FrontendDecoder) -> BatchShape | None:
     parse = known if isinstance(known, Parse) else None
     if parse_frame and parse is None:
         return None
-    (_, b_start, b_end), (_, tail, _) = frames[0], frames[1]
+    (_, b_start, b_end), (_, tail_at, _) = frames[0], frames[1]
     try:
         bind, *rest, _ = [decode_frontend(buf[start:end]) for _, start, end in frames]
     except ProtocolError:
@@ -147,7 +147,7 @@ def learn(buf: bytes, pos: int, decoder: FrontendDecoder) -> BatchShape | None:
         count=len(bind.params),
         results=buf[values:b_end],
         described=described,
-        tail=buf[tail:p],
+        tail=buf[tail_at:p],
     )
 
 

@@ -9,7 +9,9 @@ portals, cursors, the ticket). Handlers answer synchronously when they need no I
 return a coroutine when they do (see `proxy.pg.pump`): each has a ``_later`` twin that
 takes the general path. A whole batch of a shape seen before (Parse, Bind, Describe,
 Execute, Sync) and its whole answer are taken in one step when each of their messages
-would take its handler's usual path (`take_batch`, `take_answer`; `proxy.pg.batches`).
+would take its handler's usual path (`proxy.pg.batches`): straight from the read that
+brings them (`whole_batch`, `whole_answer`), or from the bytes buffered (`take_batch`,
+`take_answer`).
 
 A refused statement never reaches the database. It is replaced by a message the server
 is sure to reject (a Parse or Query of text that does not parse, a Bind of a statement
@@ -178,7 +180,7 @@ class _Expect:
 
 
 # Expectations that carry nothing and are never changed: shared. Those of a batch taken
-# whole (`Session.take_batch`) are their own, so that its answer is known for one: a
+# whole (`Session._batch`) are their own, so that its answer is known for one: a
 # Parse, a Bind followed by a Describe (_BATCH_BIND), a Bind with none (_BATCH_BOUND).
 _SYNC, _BIND, _CLOSE = _Expect("sync"), _Expect("bind"), _Expect("close")
 _BATCH_PARSE, _BATCH_BIND, _BATCH_BOUND = _Expect("parse"), _Expect("bind"), _Expect("bind")
