@@ -160,8 +160,11 @@ class _Run:
     ticket: str | None
     snapshot: CatalogSnapshot | None
     undeclared: bool = False  # FETCH/EXECUTE of a cursor or statement not seen here
-    # The plan of its rows last found (`Session._answer_at`): (fields, encoding, plan).
-    planned: tuple[tuple[FieldDescription, ...], str, ResultPlan] | None = None
+    # How its rows were last rewritten (`Session._answer_at`): for these fields, in this
+    # encoding, with this engine, this plan's shared rewriter (None: rows pass as they are).
+    planned: tuple[tuple[FieldDescription, ...], str, TokenEngine, RowRewriter | None] | None = (
+        None
+    )
 
 
 @dataclass(slots=True)
@@ -778,18 +781,23 @@ class Session:
             if fields is None and not portal.no_rows:
                 return None
         if fields is not None:
-            planned = run.planned
-            if planned is not None and planned[0] is fields and planned[1] == self.encoding:
-                plan = planned[2]
+            planned, engine = run.planned, self.ctx.engine()
+            if (
+                planned is not None
+                and planned[0] is fields
+                and planned[1] == self.encoding
+                and planned[2] is engine
+            ):
+                result = planned[3]
             else:
-                found_plan = self._cached_plan(run, fields)
-                if found_plan is None:
+                plan = self._cached_plan(run, fields)
+                if plan is None:
                     return None  # (planned message by message the first time)
-                plan = found_plan
-                run.planned = (fields, self.encoding, plan)
-            self._use(run, plan)
-            result = self.result
-            self.result = None
+                self._use(run, plan)
+                result, self.result = self.result, None
+                shared = self._rewriters.get(id(plan))
+                if result is None or (shared is not None and shared[1] is result):
+                    run.planned = (fields, self.encoding, engine, result)
             if has_rows:
                 rows = buf[rows_at:rows_end]
                 if result is not None:

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from session_env import SEED, PgEnv, pg_env
 from test_codec import typed_frontend
 
+from proxy.crypto.engine import TokenEngine
+from proxy.crypto.keyring import Keyring
 from proxy.pg.batches import MAX_ROWS, BatchShape, answer, learn, match
 from proxy.pg.codec import BackendDecoder, FrontendDecoder
 from proxy.pg.messages import (
@@ -422,6 +424,44 @@ async def test_a_session_ticket_set_between_batches_of_one_shape(
     assert during == [real] * 3
     assert taken["batch"] >= 8
     env.assert_no_leak(mark, except_ids=[3])
+
+
+async def test_a_key_rotated_between_batches_of_one_shape(
+    env: PgEnv, taken: Counter[str]
+) -> None:
+    """Rows are rewritten with the engine in force at each answer: after a rotation, the
+    new key's tokens (from the next batch of the same session and shape on)."""
+    mark = env.mark()
+    current = env.ctx.engine
+    engine = current()
+    rotated = TokenEngine.standard(
+        Keyring.single(bytes(range(50, 82)), version=2), engine.vault, engine.registry,
+        default_region="ID",
+    )
+    async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
+        async def tokens() -> set[tuple[Any, ...]]:
+            rows = set()
+            for _ in range(3):
+                for customer in SEED:
+                    row = await (await conn.execute(POINT, (customer.id,))).fetchone()
+                    assert row is not None
+                    rows.add(tuple(row))
+            return rows
+
+        before = await tokens()
+        env.ctx.engine = lambda: rotated
+        try:
+            after = await tokens()
+        finally:
+            env.ctx.engine = current
+        again = await tokens()
+    assert len(before) == len(after) == len(SEED) and before == again  # (stable per key)
+    assert not {row[1] for row in before} & {row[1] for row in after}
+    expected = {(c.id, rotated.tokenize("name", c.full_name), rotated.tokenize("phone", c.phone))
+                for c in SEED}
+    assert after == expected
+    assert taken["answer"] >= 5 * len(SEED)
+    env.assert_no_leak(mark)
 
 
 async def test_errors_refusals_and_declined_batches_go_one_by_one(
