@@ -823,6 +823,9 @@ class _Decoder(Generic[_T]):
         # content, ReadyForQuery) and those of the types `memoize` names.
         self._constants = _constant_frames(self._SPECS)
         self._frames: dict[bytes, Message] = dict(self._constants)
+        # The message of a frame if found by its bytes (`memoize`d, or constant), else None
+        # (the memo's own look-up: emptied and refilled in place, never replaced).
+        self.known: Callable[[bytes], Message | None] = self._frames.get
         self._memoized = [False] * 256
         self._memo_limit = 0
         self._by_frame = [False] * 256
@@ -1066,10 +1069,6 @@ class _Decoder(Generic[_T]):
         if not self._pos <= end <= len(self._buf) or self._pending:
             raise CodecStateError("skip() takes whole frames of view() only")
         self._pos = end
-
-    def known(self, frame: bytes) -> Message | None:
-        """The message of ``frame`` if found by its bytes (`memoize`d, or constant)."""
-        return self._frames.get(frame)
 
     def fits(self, code: int, size: int) -> bool:
         """Whether a frame of type ``code`` may declare the length ``size``."""

@@ -161,7 +161,8 @@ class _Run:
     snapshot: CatalogSnapshot | None
     undeclared: bool = False  # FETCH/EXECUTE of a cursor or statement not seen here
     # How its rows were last rewritten (`Session._answer_at`): for these fields, in this
-    # encoding, with this engine, this plan's shared rewriter (None: rows pass as they are).
+    # encoding, with this engine, this plan's shared rewriter, framed (None: rows pass as
+    # they are).
     planned: tuple[tuple[FieldDescription, ...], str, TokenEngine, RowRewriter | None] | None = (
         None
     )
@@ -174,8 +175,6 @@ class _Expect:
     run: _Run | None = None
     runs: Sequence[_Run] = ()  # query: one per statement
     index: int = 0
-    name: str = ""
-    describe: str = ""  # 'S' or 'P'
     internal: bool = False  # injected by the proxy: its answer is not forwarded
     prepared: _Prepared | None = None  # the objects as they were when the message was sent
     portal: _Portal | None = None
@@ -185,7 +184,7 @@ class _Expect:
 # Expectations that carry nothing and are never changed: shared. Those of a batch taken
 # whole (`Session._batch`) are their own, so that its answer is known for one: a
 # Parse, a Bind followed by a Describe (_BATCH_BIND), a Bind with none (_BATCH_BOUND).
-_SYNC, _BIND, _CLOSE = _Expect("sync"), _Expect("bind"), _Expect("close")
+_SYNC, _BIND, _CLOSE, _PARSE = _Expect("sync"), _Expect("bind"), _Expect("close"), _Expect("parse")
 _BATCH_PARSE, _BATCH_BIND, _BATCH_BOUND = _Expect("parse"), _Expect("bind"), _Expect("bind")
 
 
@@ -448,7 +447,7 @@ class Session:
         self.statements[msg.statement] = _Prepared(
             statement, analysis.ticket, msg.param_types, snapshot, known
         )
-        self.expect.append(_Expect("parse", name=msg.statement))
+        self.expect.append(_PARSE)
         if query == msg.query:
             return msg.wire()
         return Parse(msg.statement, query, msg.param_types).encode()
@@ -523,7 +522,7 @@ class Session:
         return msg.wire() if bind is msg else bind.encode()
 
     def _describe(self, msg: Describe) -> bytes:
-        head = _Expect("describe", name=msg.name, describe=msg.kind)
+        head = _Expect("describe")
         if msg.kind == "S":
             head.prepared = self.statements.get(msg.name)
             if head.prepared is not None:
@@ -546,10 +545,10 @@ class Session:
             # The client never asked what the rows are: ask, and keep the answer.
             portal.describing = True
             self.expect.append(
-                _Expect("describe", name=msg.portal, describe="P", internal=True, portal=portal)
+                _Expect("describe", internal=True, portal=portal)
             )
             out = Describe("P", msg.portal).encode()
-        self.expect.append(_Expect("execute", run=portal.run, name=msg.portal, portal=portal))
+        self.expect.append(_Expect("execute", run=portal.run, portal=portal))
         if portal.copy_in is not self._copying:
             self.copy_in = portal.copy_in
         return out + msg.wire()
@@ -674,10 +673,10 @@ class Session:
             expect.append(_BATCH_PARSE)
         if shape.described:
             expect.append(_BATCH_BIND)
-            expect.append(_Expect("describe", name=shape.portal, describe="P", portal=portal))
+            expect.append(_Expect("describe", portal=portal))
         else:
             expect.append(_BATCH_BOUND)
-        expect.append(_Expect("execute", run=run, name=shape.portal, portal=portal))
+        expect.append(_Expect("execute", run=run, portal=portal))
         expect.append(_SYNC)
         return True
 
@@ -795,14 +794,14 @@ class Session:
                     return None  # (planned message by message the first time)
                 self._use(run, plan)
                 result, self.result = self.result, None
+                if result is not None and not result.framed:
+                    return None
                 shared = self._rewriters.get(id(plan))
                 if result is None or (shared is not None and shared[1] is result):
                     run.planned = (fields, self.encoding, engine, result)
             if has_rows:
                 rows = buf[rows_at:rows_end]
                 if result is not None:
-                    if not result.framed:
-                        return None
                     try:
                         rows = result.rewrite_run_now(rows)  # type: ignore[assignment]
                     except ResultCut:
@@ -815,8 +814,14 @@ class Session:
         if described:
             portal.description, portal.described = fields, True
         execute.planned = True
-        for _ in range(parsed + described + 3):
-            expect.popleft()
+        popleft = expect.popleft
+        popleft()  # the Bind's
+        popleft()  # the Execute's (the Describe's before it)
+        popleft()  # the Sync's
+        if described:
+            popleft()
+        if parsed:
+            popleft()
         self._completed(run)
         if not has_rows:
             return (buf if pos == 0 and end == len(buf) else buf[pos:end]), end
