@@ -150,6 +150,11 @@ class PgContext:
 # ---- what the server pump expects next
 
 
+# Rows of a result, as rewritten: for these fields, in this encoding, with this engine,
+# by this plan's shared rewriter (framed; None: the rows pass as they are).
+_Rewritten = tuple[tuple[FieldDescription, ...], str, TokenEngine, RowRewriter | None]
+
+
 @dataclass(slots=True)
 class _Run:
     """One statement whose answers are on their way."""
@@ -160,12 +165,7 @@ class _Run:
     ticket: str | None
     snapshot: CatalogSnapshot | None
     undeclared: bool = False  # FETCH/EXECUTE of a cursor or statement not seen here
-    # How its rows were last rewritten (`Session._answer_at`): for these fields, in this
-    # encoding, with this engine, this plan's shared rewriter, framed (None: rows pass as
-    # they are).
-    planned: tuple[tuple[FieldDescription, ...], str, TokenEngine, RowRewriter | None] | None = (
-        None
-    )
+    planned: _Rewritten | None = None  # how its rows were last rewritten (`_answer_at`)
 
 
 @dataclass(slots=True)
@@ -814,10 +814,10 @@ class Session:
         if described:
             portal.description, portal.described = fields, True
         execute.planned = True
-        popleft = expect.popleft
-        popleft()  # the Bind's
-        popleft()  # the Execute's (the Describe's before it)
-        popleft()  # the Sync's
+        popleft = expect.popleft  # [Parse], Bind, [Describe], Execute, Sync: 3 to 5
+        popleft()
+        popleft()
+        popleft()
         if described:
             popleft()
         if parsed:

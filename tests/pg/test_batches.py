@@ -1,7 +1,9 @@
-"""proxy.pg.batches: a whole batch and its whole answer recognised in the bytes (no sockets).
+"""proxy.pg.batches: a whole batch and its whole answer recognised in the bytes (no
+sockets), then taken through a live session by real clients.
 
 What is recognised must be exactly what the message-by-message path would read, and
-anything else (cut short, malformed, another message in between, unknown) must not be."""
+anything else (cut short, malformed, another message in between, unknown) must not be;
+through a session, a batch taken whole must answer exactly as message by message."""
 
 from __future__ import annotations
 
