@@ -325,6 +325,8 @@ class Session:
 
     @copy_in.setter
     def copy_in(self, copy: _CopyIn | None) -> None:
+        if copy is self._copying:
+            return
         self._copying = copy
         self._client.take = self.take_batch if copy is None else self.take_copy
 
@@ -381,8 +383,7 @@ class Session:
             return self._query_later(msg)
         analysis, snapshot = now
         ticket = self.gate.ticket(analysis)
-        if self._copying is not None:
-            self.copy_in = None
+        self.copy_in = None
         runs = [self._run(s, {}, ticket, snapshot) for s in analysis.statements]
         self.expect.append(_Expect("query", runs=runs))
         return msg.wire()
@@ -429,9 +430,7 @@ class Session:
         if now is not None and len(now[0].statements) <= 1:
             analysis, snapshot = now
             statement = analysis.statements[0] if analysis.statements else _EMPTY
-            if statement.refusal is None and (
-                not statement.slots or all(s.param is not None for s in statement.slots)
-            ):
+            if _parses_now(statement):
                 return self._prepare(msg, statement, analysis, snapshot, msg.query, {})
         return self._parse_later(msg)
 
@@ -477,12 +476,7 @@ class Session:
         prepared = self.statements.get(msg.statement)
         if prepared is not None:
             s = prepared.statement
-            if (
-                s.refusal is None
-                and not s.problems
-                and not s.copy_from_stdin
-                and (not s.slots or all(slot.param is None for slot in s.slots))
-            ):
+            if _binds_now(s):
                 ticket = prepared.ticket_comment or self.gate.ticket_now()
                 run = self._run(s, prepared.known, ticket, prepared.snapshot)
                 self.portals[msg.portal] = _Portal(prepared, run, msg.result_formats)
@@ -549,8 +543,7 @@ class Session:
             )
             out = Describe("P", msg.portal).encode()
         self.expect.append(_Expect("execute", run=portal.run, portal=portal))
-        if portal.copy_in is not self._copying:
-            self.copy_in = portal.copy_in
+        self.copy_in = portal.copy_in
         return out + msg.wire()
 
     # ---- a whole batch at once (proxy.pg.batches)
@@ -637,13 +630,8 @@ class Session:
                 return False
             prepared, statement = found, found.statement
         if (
-            statement.refusal is not None
-            or statement.problems
-            or statement.copy_from_stdin
-            or (statement.slots and (
-                parse is not None  # (literals to resolve in the Parse)
-                or any(slot.param is not None for slot in statement.slots)  # (values)
-            ))
+            (parse is not None and not _parses_now(statement))
+            or not _binds_now(statement)
             or not (shape.described or prepared.describing)  # (a Describe to inject)
         ):
             return False
@@ -1004,8 +992,7 @@ class Session:
     def _error(self, head: _Expect, msg: ErrorResponse) -> list[bytes]:
         self.result = None
         self.copy_out = None
-        if self._copying is not None:
-            self.copy_in = None
+        self.copy_in = None
         if head.kind in ("query", "function"):
             response = head.refusal or self._scrubbed(msg, head)
             head.runs = ()
@@ -1369,6 +1356,25 @@ def _unknown_columns(snapshot: CatalogSnapshot, fields: Sequence[FieldDescriptio
     return any(
         f.table_oid and f.column_attr > 0 and snapshot.column(f.table_oid, f.column_attr) is None
         for f in fields
+    )
+
+
+def _parses_now(statement: Statement) -> bool:
+    """Whether a Parse of ``statement`` goes on as it came, with no I/O (`Session._parse`):
+    nothing refused, no literal in its text to resolve."""
+    return statement.refusal is None and (
+        not statement.slots or all(s.param is not None for s in statement.slots)
+    )
+
+
+def _binds_now(statement: Statement) -> bool:
+    """Whether a Bind of ``statement`` goes on as it came, with no I/O (`Session._bind`):
+    nothing refused or in doubt, no value to resolve, no COPY FROM STDIN."""
+    return (
+        statement.refusal is None
+        and not statement.problems
+        and not statement.copy_from_stdin
+        and (not statement.slots or all(slot.param is None for slot in statement.slots))
     )
 
 
