@@ -237,6 +237,7 @@ class RowRewriter:
         """
         if self._fast is None:
             return await self._rewrite_parsed(run)
+        _fresh_memos(self.tokens.engine)
         try:
             buf, resized, misses, rows = self._walk(run)
             self.rows += rows
@@ -253,8 +254,8 @@ class RowRewriter:
         engine's cache, or rows that must be parsed: reveals, scrubbing, notes)."""
         if self._fast is None:
             return None
+        _fresh_memos(self.tokens.engine)
         if len(run) <= _ONE_ROW and self._wire is not None:  # (a point select's row)
-            _fresh_memos(self.tokens.engine)
             again = self._rows_memo[0].get(run)  # (a key is one whole frame: no run is one)
             if again is not None:
                 self.rows += 1
@@ -273,9 +274,9 @@ class RowRewriter:
 
     def _walk(self, run: bytes) -> tuple[bytearray, list[_Patch], list[_Miss], int]:
         """A copy of ``run`` with every cached token written over its value, the frames
-        to rebuild (tokens of another length), the values not cached, and the row count."""
+        to rebuild (tokens of another length), the values not cached, and the row count.
+        (The engine's memos were checked fresh by the caller: `_fresh_memos`.)"""
         cols = self._wire if self._wire is not None else self._wire_columns()
-        _fresh_memos(self.tokens.engine)
         frames, counts = self._rows_memo
         seen = frames.get
         width = len(cols)
