@@ -8,7 +8,7 @@ through a session, a batch taken whole must answer exactly as message by message
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -328,6 +328,22 @@ def message_by_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Session, "whole_batch", lambda self, data: None)
 
 
+async def whole_as_one_by_one(
+    env: PgEnv, taken: Counter[str], monkeypatch: pytest.MonkeyPatch,
+    run: Callable[[], Awaitable[list[tuple[Any, ...]]]],
+) -> None:
+    """``run``'s point selects over every customer, taken whole (batches and answers),
+    give the same rows as message by message: tokens, every customer, nothing leaked."""
+    mark = env.mark()
+    whole = await run()
+    assert taken["batch"] >= 2 * len(SEED) and taken["answer"] >= 2 * len(SEED)
+    message_by_message(monkeypatch)
+    assert await run() == whole
+    assert {row[0] for row in whole} == set(BY_ID)
+    assert all(row[1] != BY_ID[row[0]].full_name for row in whole)
+    env.assert_no_leak(mark)
+
+
 async def point_selects(env: PgEnv, *, prepare: bool, binary: bool, ticket: str = ""
                         ) -> list[tuple[Any, ...]]:
     sql = POINT + (f" /*ticket='{ticket}'*/" if ticket else "")
@@ -347,15 +363,8 @@ async def test_point_selects_taken_whole_answer_as_message_by_message(
     env: PgEnv, taken: Counter[str], monkeypatch: pytest.MonkeyPatch, prepare: bool,
     binary: bool
 ) -> None:
-    mark = env.mark()
-    whole = await point_selects(env, prepare=prepare, binary=binary)
-    assert taken["batch"] >= 2 * len(SEED) and taken["answer"] >= 2 * len(SEED)
-    message_by_message(monkeypatch)
-    one_by_one = await point_selects(env, prepare=prepare, binary=binary)
-    assert whole == one_by_one
-    assert {row[0] for row in whole} == set(BY_ID)
-    assert all(row[1] != BY_ID[row[0]].full_name for row in whole)
-    env.assert_no_leak(mark)
+    await whole_as_one_by_one(env, taken, monkeypatch, lambda: point_selects(
+        env, prepare=prepare, binary=binary))
 
 
 async def test_a_ticket_reveals_its_customer_each_time_and_audits_it(
@@ -393,14 +402,7 @@ async def test_asyncpg_prepared_statements_taken_whole(
         finally:
             await conn.close()
 
-    mark = env.mark()
-    whole = await run()
-    assert taken["batch"] >= 2 * len(SEED) and taken["answer"] >= 2 * len(SEED)
-    message_by_message(monkeypatch)
-    assert await run() == whole
-    assert {row[0] for row in whole} == set(BY_ID)
-    assert all(row[1] != BY_ID[row[0]].full_name for row in whole)
-    env.assert_no_leak(mark)
+    await whole_as_one_by_one(env, taken, monkeypatch, run)
 
 
 async def test_a_session_ticket_set_between_batches_of_one_shape(
