@@ -8,6 +8,13 @@ method that calls it. Flow control both ways: when a link's transport holds too
 much unsent, reading from its peer pauses until it drains. A link may also be paused for
 a reason of the session's own (a backlog while a message waits on I/O); reading resumes
 when no reason is left.
+
+What a session sends on is written at the end of the loop's iteration (`Link.send`, an
+`Outbox` shared by the listener's sessions), once every read the iteration brought is
+handled. Written at once, each query sent to the database wakes its backend, which tends
+to run on the proxy's core and take it over before the next read is handled; the
+handling of each read then starts with cold caches. Sent together after them, the reads
+are handled back to back (as Redis does its replies, before it waits for events).
 """
 
 from __future__ import annotations
@@ -16,9 +23,32 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["Link"]
+__all__ = ["Link", "Outbox"]
 
 FLOW = "flow"  # the peer's transport is full
+
+
+class Outbox:
+    """Bytes to write, written once the loop has handled this iteration's reads (see the
+    module docstring). One loop's: a listener's sessions share one."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[asyncio.Transport, bytes]] = []
+
+    def send(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Write ``data`` to ``transport`` at the end of this iteration."""
+        pending = self._pending
+        if not pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        pending.append((transport, data))
+
+    def flush(self) -> None:
+        """Write everything sent so far now (to a transport closing, nothing: its session
+        is ending)."""
+        pending, self._pending = self._pending, []
+        for transport, data in pending:
+            if not transport.is_closing():
+                transport.write(data)
 
 
 class Link(asyncio.Protocol):
@@ -29,8 +59,10 @@ class Link(asyncio.Protocol):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         on_lost: Callable[[], None],
+        outbox: Outbox | None = None,
     ) -> None:
         self.transport = cast(asyncio.Transport, writer.transport)
+        self.outbox = outbox if outbox is not None else Outbox()
         self._reader = reader
         self._streams = self.transport.get_protocol()  # start-up's: told when the link ends
         self._on_lost = on_lost
@@ -52,7 +84,13 @@ class Link(asyncio.Protocol):
             self._on_lost()
         return left
 
+    def send(self, data: bytes) -> None:
+        """Write ``data`` at the end of the loop's iteration (`Outbox`)."""
+        self.outbox.send(self.transport, data)
+
     def write(self, data: bytes) -> None:
+        """Write ``data`` now (after every byte sent before it)."""
+        self.outbox.flush()
         self.transport.write(data)
 
     def pause(self, reason: str) -> None:

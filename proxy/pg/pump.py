@@ -88,7 +88,7 @@ class Pump:
                 return
             if taken is not None:
                 out, end = taken
-                self.sink.transport.write(out if isinstance(out, bytes) else b"".join(out))
+                self.sink.send(out if isinstance(out, bytes) else b"".join(out))
                 if end == len(data):
                     return
                 data = data[end:]
@@ -152,7 +152,7 @@ class Pump:
 
     def _write(self, out: list[bytes]) -> None:
         if out and not self.stopped:
-            self.sink.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            self.sink.send(b"".join(out) if len(out) > 1 else out[0])
 
     def _stop(self, exc: BaseException) -> None:
         if self.stopped:

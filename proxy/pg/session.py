@@ -47,7 +47,7 @@ from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
 from proxy.pg.codec import ProtocolError
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
 from proxy.pg.gate import WRITE_TAGS, AnalysisCache, Gate, Refused
-from proxy.pg.link import Link
+from proxy.pg.link import Link, Outbox
 from proxy.pg.messages import (
     Bind,
     BindComplete,
@@ -138,6 +138,7 @@ class PgContext:
     policy: ColumnPolicy
     limits: Callable[[], BudgetLimits] = lambda: DEFAULT_LIMITS  # the budget in force
     cache: AnalysisCache = field(default_factory=AnalysisCache)
+    outbox: Outbox = field(default_factory=Outbox)  # what the sessions send, written together
 
     def protected_columns(self) -> dict[str, Kind]:
         """Protected column names -> kind (for error messages that name a key column)."""
@@ -1298,8 +1299,9 @@ class Session:
         def lost() -> None:
             end(Ended())
 
-        client = Link(est.client_reader, est.client_writer, lost)
-        server = Link(est.server_reader, est.server_writer, lost)
+        outbox = self.ctx.outbox
+        client = Link(est.client_reader, est.client_writer, lost, outbox)
+        server = Link(est.server_reader, est.server_writer, lost, outbox)
         client.peer, server.peer = server, client
         self._client = Pump(est.client_decoder, self.on_client, client, server,
                             lambda exc: end(exc, "client"), take=self.take_batch,
@@ -1329,6 +1331,7 @@ class Session:
                     pump.waiting.cancel()
                     with contextlib.suppress(BaseException):
                         await pump.waiting
+            outbox.flush()  # (the transports close once this returns)
         if isinstance(exc, ProtocolError) and side == "client":
             client.write(exc.to_error_response().encode())
         elif not isinstance(exc, Ended | ConnectionError):

@@ -33,7 +33,7 @@ import uvloop
 from session_env import pg_env  # (run from tests/pg: the suite's environment)
 
 from proxy.embedded_pg import EmbeddedPostgres
-from proxy.pg.link import Link
+from proxy.pg.link import Link, Outbox
 from proxy.pg.messages import Parse
 
 SQL = "SELECT id, full_name, phone FROM customers WHERE id = %s"
@@ -74,8 +74,19 @@ class Discard:
     def write(self, data: bytes) -> None:
         pass
 
+    def is_closing(self) -> bool:
+        return False
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
+
+
+class Flushed(Outbox):
+    """An outbox the replay flushes itself after each read (as the loop does at the end
+    of the read's iteration: with many sessions, once for several reads)."""
+
+    def send(self, transport: Any, data: bytes) -> None:
+        self._pending.append((transport, data))
 
 
 async def bench(dsn: str, args: argparse.Namespace) -> None:
@@ -92,7 +103,8 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
         server.transport = Discard(server.transport)  # type: ignore[assignment]
         to_session, to_client = recorder.feeds[client], recorder.feeds[server]
         session = to_session.__self__.handlers[Parse].__self__
-        clock = time.thread_time
+        clock, outbox = time.thread_time, Flushed()
+        client.outbox = server.outbox = outbox
 
         async def replay(queries: int) -> float:
             """CPU seconds of ``queries`` exchanges (waits, if any, not counted)."""
@@ -102,7 +114,9 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
                 to_session(asked)
                 while (waiting := session._client.waiting) is not None:
                     await waiting
+                outbox.flush()
                 to_client(answered)
+                outbox.flush()
                 spent += clock() - began
                 while (waiting := session._server.waiting) is not None:
                     await waiting

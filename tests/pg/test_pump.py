@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from proxy.pg.codec import BackendDecoder
-from proxy.pg.link import Link
+from proxy.pg.link import Link, Outbox
 from proxy.pg.messages import CommandComplete
 from proxy.pg.pump import BACKLOG, Ended, Handled, Pump
 
@@ -253,3 +253,53 @@ async def test_a_link_takes_over_only_once_told_where_its_bytes_go() -> None:
     finally:
         writer.close()
         b.close()
+
+
+async def test_what_links_send_is_written_together_at_the_end_of_the_iteration() -> None:
+    """Bytes sent through one outbox are written once the loop's iteration ends, in the
+    order sent, each to its own link; a `Link.write` writes them first; bytes for a link
+    closing are dropped without harm to the others."""
+    outbox = Outbox()
+    pairs = [socket.socketpair() for _ in range(2)]
+    writers: list[asyncio.StreamWriter] = []
+    links: list[Link] = []
+    for ours, _ in pairs:
+        reader, writer = await _streams(ours)
+        writers.append(writer)
+        links.append(Link(reader, writer, lambda: None, outbox))
+    peers = [theirs for _, theirs in pairs]
+    for peer in peers:
+        peer.setblocking(False)
+
+    def received(peer: socket.socket) -> bytes:
+        try:
+            return peer.recv(65536)
+        except BlockingIOError:
+            return b""
+
+    a, b = links
+    try:
+        a.send(b"1")
+        b.send(b"x")
+        a.send(b"2")
+        assert received(peers[0]) == received(peers[1]) == b""  # not yet: same iteration
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        assert received(peers[0]) == b"12" and received(peers[1]) == b"x"
+
+        a.send(b"3")
+        a.write(b"4")  # now, after what was sent before it
+        await asyncio.sleep(0.01)
+        assert received(peers[0]) == b"34"
+
+        a.send(b"5")
+        b.send(b"y")
+        a.transport.close()  # (its session is ending)
+        await asyncio.sleep(0.01)
+        assert received(peers[1]) == b"y"
+        assert peers[0].recv(65536) == b""  # closed, and the 5 dropped
+    finally:
+        for writer in writers:
+            writer.close()
+        for peer in peers:
+            peer.close()
