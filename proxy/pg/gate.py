@@ -143,12 +143,15 @@ class Gate:
 
     def analyze_now(self, sql: str) -> tuple[Analysis, CatalogSnapshot] | None:
         """`analyze` when it needs no I/O (the catalog snapshot is fresh); else None."""
-        if not self.standard_strings:
-            return None
-        snapshot = self.catalog.snapshot_now()
+        snapshot = self.snapshot_now()
         if snapshot is None:
             return None
         return self.cache.get(snapshot, sql), snapshot
+
+    def snapshot_now(self) -> CatalogSnapshot | None:
+        """The catalog snapshot statements are analysed in now, if fresh (no I/O) and
+        the session's strings standard (else `analyze` reads them: None)."""
+        return self.catalog.snapshot_now() if self.standard_strings else None
 
     def ticket(self, analysis: Analysis) -> str | None:
         """The ticket a statement cites: its comment, else the session's, else startup's."""

@@ -235,6 +235,19 @@ class _Portal:
         )
 
 
+@dataclass(slots=True)
+class _Lane:
+    """A batch shape learnt (`Session.take_batch`), with what its batches found: the
+    statement its Parse is (in the catalog snapshot it was analysed in; the analysis is
+    looked up again when the snapshot changes) and the run its batches share."""
+
+    shape: BatchShape
+    snapshot: CatalogSnapshot | None = None
+    statement: Statement = _EMPTY
+    comment: str | None = None  # the ticket the statement's text cites
+    run: _Run | None = None
+
+
 def _apply_formats(
     fields: tuple[FieldDescription, ...], formats: tuple[int, ...]
 ) -> tuple[FieldDescription, ...]:
@@ -295,10 +308,9 @@ class Session:
         # TO STDOUT under way): their type byte, 0 for none.
         self._taking = 0
         # Batch shapes learnt (`take_batch`): by their Parse frame, or their Bind's head.
-        self._shapes: dict[bytes, BatchShape] = {}
-        self._bind_shapes: dict[bytes, BatchShape] = {}
+        self._lanes: dict[bytes, _Lane] = {}
+        self._bind_lanes: dict[bytes, _Lane] = {}
         self._alone = 0  # messages of a batch declined, left to go one by one
-        self._batch_runs: dict[int, _Run] = {}  # by id(statement): the last batch's run
         est.server_decoder.memoize(_MEMOIZED, _PLAN_CACHE)
         est.server_decoder.passthrough = _FRAMED
         est.client_decoder.memoize(_CLIENT_MEMOIZED, _PLAN_CACHE)
@@ -588,58 +600,68 @@ class Session:
         code, size = _HEADER_FROM(buf, pos)
         first = pos + 1 + size
         if code == 0x50:  # a Parse: the shape learnt for this one
-            shapes, key = self._shapes, buf[pos:first]
+            lanes, key = self._lanes, buf[pos:first]
         elif code == 0x42:  # a Bind (of a statement prepared before): for its head
             found = bind_key(buf, pos, first)
             if found is None:
                 return None
-            shapes, key = self._bind_shapes, found[0]
+            lanes, key = self._bind_lanes, found[0]
         else:
             return None
         decoder = self.est.client_decoder
-        shape = shapes.get(key)
-        end = None if shape is None else match(buf, pos, shape, decoder)
-        if shape is None or end is None:
+        lane = lanes.get(key)
+        end = None if lane is None else match(buf, pos, lane.shape, decoder)
+        if lane is None or end is None:
             shape = learn(buf, pos, decoder)
             if shape is None or (end := match(buf, pos, shape, decoder)) is None:
                 return None
-            if len(shapes) >= _PLAN_CACHE:
-                shapes.clear()
-            shapes[key] = shape
-        if not self._batch(shape):
+            if len(lanes) >= _PLAN_CACHE:
+                lanes.clear()
+            lane = lanes[key] = _Lane(shape)
+        if not self._batch(lane):
+            shape = lane.shape
             self._alone = (shape.parse is not None) + shape.described + 3
             return None
         return end
 
-    def _batch(self, shape: BatchShape) -> bool:
-        """The session state a batch of ``shape`` makes, as its messages' handlers make it
-        on their usual paths (`_parse`, `_bind`, `_describe`, `_execute`, `_sync`); False,
-        with nothing changed, when one of them would take another."""
+    def _batch(self, lane: _Lane) -> bool:
+        """The session state a batch of ``lane``'s shape makes, as its messages' handlers
+        make it on their usual paths (`_parse`, `_bind`, `_describe`, `_execute`,
+        `_sync`); False, with nothing changed, when one of them would take another."""
         if self._copying is not None:
             return False
+        shape = lane.shape
         parse = shape.parse
         if parse is not None:
-            now = self.gate.analyze_now(parse.query)
-            if now is None or len(now[0].statements) > 1:
+            snapshot = self.gate.snapshot_now()
+            if snapshot is None:
                 return False
-            analysis, snapshot = now
-            statement = analysis.statements[0] if analysis.statements else _EMPTY
-            prepared = _Prepared(statement, analysis.ticket, parse.param_types, snapshot)
+            if snapshot is not lane.snapshot:  # (else the analysis found for it before)
+                analysis = self.gate.cache.get(snapshot, parse.query)
+                statement = analysis.statements[0] if analysis.statements else _EMPTY
+                if (
+                    len(analysis.statements) > 1
+                    or not _parses_now(statement)
+                    or not _binds_now(statement)
+                ):
+                    return False
+                lane.snapshot, lane.statement, lane.comment = (
+                    snapshot, statement, analysis.ticket
+                )
+            statement = lane.statement  # (a batch with a Parse describes its portal: `learn`)
+            prepared = _Prepared(statement, lane.comment, parse.param_types, snapshot)
+            self.statements[parse.statement] = prepared
         else:
             found = self.statements.get(shape.statement)
-            if found is None:
+            if (
+                found is None
+                or not _binds_now(found.statement)
+                or not (shape.described or found.describing)  # (a Describe to inject)
+            ):
                 return False
             prepared, statement = found, found.statement
-        if (
-            (parse is not None and not _parses_now(statement))
-            or not _binds_now(statement)
-            or not (shape.described or prepared.describing)  # (a Describe to inject)
-        ):
-            return False
-        if parse is not None:
-            self.statements[parse.statement] = prepared
         ticket = prepared.ticket_comment or self.gate.ticket_now()
-        run = self._batch_runs.get(id(statement))  # (a run changes nothing it holds)
+        run = lane.run  # (a run changes nothing it holds: its batches share it)
         if (
             run is None
             or run.statement is not statement
@@ -650,10 +672,7 @@ class Session:
             or statement.fetch is not None  # (FETCH, EXECUTE: outputs of the session's)
             or statement.execute is not None
         ):
-            run = self._run(statement, prepared.known, ticket, prepared.snapshot)
-            if len(self._batch_runs) >= _PLAN_CACHE:
-                self._batch_runs.clear()
-            self._batch_runs[id(statement)] = run
+            run = lane.run = self._run(statement, prepared.known, ticket, prepared.snapshot)
         portal = self.portals[shape.portal] = _Portal(
             prepared, run, shape.result_formats, describing=shape.described
         )
