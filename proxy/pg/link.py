@@ -14,7 +14,9 @@ What a session sends on is written at the end of the loop's iteration (`Link.sen
 handled. Written at once, each query sent to the database wakes its backend, which tends
 to run on the proxy's core and take it over before the next read is handled; the
 handling of each read then starts with cold caches. Sent together after them, the reads
-are handled back to back (as Redis does its replies, before it waits for events).
+are handled back to back (as Redis does its replies, before it waits for events). The
+database's link writes last: the answers to clients leave before a woken backend can take
+the core.
 """
 
 from __future__ import annotations
@@ -33,22 +35,28 @@ class Outbox:
     module docstring). One loop's: a listener's sessions share one."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[asyncio.Transport, bytes]] = []
+        self._first: list[tuple[asyncio.Transport, bytes]] = []
+        self._last: list[tuple[asyncio.Transport, bytes]] = []
+        self._due = False
 
-    def send(self, transport: asyncio.Transport, data: bytes) -> None:
-        """Write ``data`` to ``transport`` at the end of this iteration."""
-        pending = self._pending
-        if not pending:
+    def send(self, transport: asyncio.Transport, data: bytes, last: bool = False) -> None:
+        """Write ``data`` to ``transport`` at the end of this iteration (``last``: after
+        the bytes sent without it; a transport's bytes keep their order if it is always
+        sent to the same way)."""
+        if not self._due:
+            self._due = True
             asyncio.get_running_loop().call_soon(self.flush)
-        pending.append((transport, data))
+        (self._last if last else self._first).append((transport, data))
 
     def flush(self) -> None:
         """Write everything sent so far now (to a transport closing, nothing: its session
         is ending)."""
-        pending, self._pending = self._pending, []
-        for transport, data in pending:
-            if not transport.is_closing():
-                transport.write(data)
+        first, last = self._first, self._last
+        self._first, self._last, self._due = [], [], False
+        for pending in (first, last):
+            for transport, data in pending:
+                if not transport.is_closing():
+                    transport.write(data)
 
 
 class Link(asyncio.Protocol):
@@ -60,9 +68,11 @@ class Link(asyncio.Protocol):
         writer: asyncio.StreamWriter,
         on_lost: Callable[[], None],
         outbox: Outbox | None = None,
+        last: bool = False,
     ) -> None:
         self.transport = cast(asyncio.Transport, writer.transport)
         self.outbox = outbox if outbox is not None else Outbox()
+        self.last = last  # its bytes written after the other links' (`Outbox.send`)
         self._reader = reader
         self._streams = self.transport.get_protocol()  # start-up's: told when the link ends
         self._on_lost = on_lost
@@ -86,7 +96,7 @@ class Link(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         """Write ``data`` at the end of the loop's iteration (`Outbox`)."""
-        self.outbox.send(self.transport, data)
+        self.outbox.send(self.transport, data, self.last)
 
     def write(self, data: bytes) -> None:
         """Write ``data`` now (after every byte sent before it)."""

@@ -1320,7 +1320,7 @@ class Session:
 
         outbox = self.ctx.outbox
         client = Link(est.client_reader, est.client_writer, lost, outbox)
-        server = Link(est.server_reader, est.server_writer, lost, outbox)
+        server = Link(est.server_reader, est.server_writer, lost, outbox, last=True)
         client.peer, server.peer = server, client
         self._client = Pump(est.client_decoder, self.on_client, client, server,
                             lambda exc: end(exc, "client"), take=self.take_batch,

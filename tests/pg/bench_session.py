@@ -1,6 +1,7 @@
 """Python cost of a point select through a live session (not a test; run it by hand):
 
     .venv/bin/python tests/pg/bench_session.py [--prepared] [--rounds 100] [--opcodes]
+        [--customers 100000]
 
 A real session (tokenproxy's PostgreSQL front end before the embedded PostgreSQL of the
 suite, `session_env`) serves a psycopg client; one ``SELECT id, full_name, phone FROM
@@ -13,7 +14,14 @@ event loop: CPU time of this thread, best of ``--rounds`` rounds of 2,000 querie
 ``--opcodes`` also counts the bytecodes a query runs, by function (a steadier figure on a
 noisy machine, though not the whole cost: C calls and cache misses are not counted).
 
-Under load the same work costs about twice as much (other processes take the core's
+One exchange replayed is one row seen again and again: its rewrite comes from the row
+memo. ``--customers N`` adds N customers (`proxy.demo.seed`), reads them all once through
+the session (a warm token cache, as the load test's), records the exchanges of
+min(N, 20,000) of them in random order and replays those in turn: the first pass's rows
+are new to the row memo (each value through its column's memo, as a load test's first
+minutes), printed apart from the rounds after it.
+
+Under load the same work costs two to four times as much (other processes take the core's
 caches in between; see loadtest/RESULTS.md): compare figures of this bench with each other.
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -28,11 +37,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import asyncpg
 import psycopg
 import uvloop
 from session_env import pg_env  # (run from tests/pg: the suite's environment)
 
+from proxy.demo.seed import generate
 from proxy.embedded_pg import EmbeddedPostgres
+from proxy.http.app import tune_gc
+from proxy.pg import results
 from proxy.pg.link import Link, Outbox
 from proxy.pg.messages import Parse
 
@@ -85,20 +98,27 @@ class Flushed(Outbox):
     """An outbox the replay flushes itself after each read (as the loop does at the end
     of the read's iteration: with many sessions, once for several reads)."""
 
-    def send(self, transport: Any, data: bytes) -> None:
-        self._pending.append((transport, data))
+    def send(self, transport: Any, data: bytes, last: bool = False) -> None:
+        (self._last if last else self._first).append((transport, data))
 
 
 async def bench(dsn: str, args: argparse.Namespace) -> None:
     recorder = Recorder()
     async with pg_env(dsn) as env:
+        ids = [2]
+        if args.customers:
+            ids = await add_customers(dsn, args.customers)
         conn = await psycopg.AsyncConnection.connect(env.dsn, autocommit=True)
+        if args.customers:
+            await conn.execute("SELECT id, full_name, phone FROM customers")  # (every token)
         for _ in range(3):  # warm: analysis, plan, tokens, memos
             await conn.execute(SQL, (1,), prepare=args.prepared)
         client, server = recorder.links[-2], recorder.links[-1]
-        recorder.received.clear()
-        await conn.execute(SQL, (2,), prepare=args.prepared)
-        asked, answered = recorder.of(client), recorder.of(server)
+        exchanges: list[tuple[bytes, bytes]] = []
+        for customer in ids:
+            recorder.received.clear()
+            await conn.execute(SQL, (customer,), prepare=args.prepared)
+            exchanges.append((recorder.of(client), recorder.of(server)))
         client.transport = Discard(client.transport)  # type: ignore[assignment]
         server.transport = Discard(server.transport)  # type: ignore[assignment]
         to_session, to_client = recorder.feeds[client], recorder.feeds[server]
@@ -106,10 +126,15 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
         clock, outbox = time.thread_time, Flushed()
         client.outbox = server.outbox = outbox
 
+        turn = 0
+
         async def replay(queries: int) -> float:
-            """CPU seconds of ``queries`` exchanges (waits, if any, not counted)."""
+            """CPU seconds of the next ``queries`` exchanges (waits, if any, not counted)."""
+            nonlocal turn
             spent = 0.0
             for _ in range(queries):
+                asked, answered = exchanges[turn % len(exchanges)]
+                turn += 1
                 began = clock()
                 to_session(asked)
                 while (waiting := session._client.waiting) is not None:
@@ -122,10 +147,20 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
                     await waiting
             return spent
 
-        await replay(QUERIES)
+        tune_gc()  # (as `tokenproxy serve`)
+        if args.customers:  # (recording rewrote them: the row memo forgets them)
+            for _, memos, counts in results._MEMOS.values():
+                for key, memo in memos.items():
+                    if key[0] == "rows":
+                        counts[1] -= len(memo)
+                        memo.clear()
+        first = await replay(max(QUERIES, len(exchanges)))
         assert not (session.expect or session._client.stopped or session._server.stopped)
-        best = min([await replay(QUERIES) for _ in range(args.rounds)])
         mode = "-M prepared" if args.prepared else "-M extended"
+        if args.customers:
+            print(f"{mode}: {first / len(exchanges) * 1e6:.1f} us of Python a query, a first"
+                  f" pass over {len(exchanges):,} rows (new to the row memo)")
+        best = min([await replay(QUERIES) for _ in range(args.rounds)])
         print(f"{mode}: {best / QUERIES * 1e6:.1f} us of Python a query (best of {args.rounds})")
         if args.opcodes:
             counts: Counter[str] = Counter()
@@ -146,11 +181,32 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
         await conn.close()
 
 
+async def add_customers(dsn: str, count: int) -> list[int]:
+    """``count`` more customers (ids after the suite's); the ids of up to 20,000 of them,
+    in random order."""
+    people = generate(count)
+    conn = await asyncpg.connect(dsn)
+    try:
+        first = await conn.fetchval("SELECT max(id) + 1 FROM customers")
+        await conn.execute("ALTER TABLE customers DROP CONSTRAINT customers_phone_key")
+        await conn.copy_records_to_table(
+            "customers",
+            records=[(first + i, c.full_name, c.phone, c.email) for i, c in enumerate(people)],
+            columns=["id", "full_name", "phone", "email"],
+        )
+    finally:
+        await conn.close()
+    ids = list(range(first, first + count))
+    random.Random(62).shuffle(ids)
+    return ids[:20_000]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", action="store_true", help="as pgbench -M prepared")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--opcodes", action="store_true")
+    parser.add_argument("--customers", type=int, default=0, help="replay this many rows")
     args = parser.parse_args()
     with EmbeddedPostgres() as pg:
         uvloop.run(bench(pg.dsn, args))

@@ -255,18 +255,34 @@ async def test_a_link_takes_over_only_once_told_where_its_bytes_go() -> None:
         b.close()
 
 
+class Recorded:
+    """A transport whose writes are listed (the rest of it as it was)."""
+
+    def __init__(self, real: Any, name: str, writes: list[tuple[str, bytes]]) -> None:
+        self.real, self.name, self.writes = real, name, writes
+
+    def write(self, data: bytes) -> None:
+        self.writes.append((self.name, data))
+        self.real.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 async def test_what_links_send_is_written_together_at_the_end_of_the_iteration() -> None:
     """Bytes sent through one outbox are written once the loop's iteration ends, in the
-    order sent, each to its own link; a `Link.write` writes them first; bytes for a link
-    closing are dropped without harm to the others."""
+    order sent, each to its own link, a ``last`` link's after the others'; a `Link.write`
+    writes them first; bytes for a link closing are dropped without harm to the others."""
     outbox = Outbox()
     pairs = [socket.socketpair() for _ in range(2)]
     writers: list[asyncio.StreamWriter] = []
     links: list[Link] = []
-    for ours, _ in pairs:
+    writes: list[tuple[str, bytes]] = []
+    for (ours, _), name in zip(pairs, "ab", strict=True):
         reader, writer = await _streams(ours)
         writers.append(writer)
-        links.append(Link(reader, writer, lambda: None, outbox))
+        links.append(Link(reader, writer, lambda: None, outbox, last=name == "b"))
+        links[-1].transport = Recorded(links[-1].transport, name, writes)  # type: ignore[assignment]
     peers = [theirs for _, theirs in pairs]
     for peer in peers:
         peer.setblocking(False)
@@ -279,13 +295,14 @@ async def test_what_links_send_is_written_together_at_the_end_of_the_iteration()
 
     a, b = links
     try:
-        a.send(b"1")
         b.send(b"x")
+        a.send(b"1")
         a.send(b"2")
         assert received(peers[0]) == received(peers[1]) == b""  # not yet: same iteration
         await asyncio.sleep(0)
         await asyncio.sleep(0.01)
         assert received(peers[0]) == b"12" and received(peers[1]) == b"x"
+        assert writes == [("a", b"1"), ("a", b"2"), ("b", b"x")]  # the last link last
 
         a.send(b"3")
         a.write(b"4")  # now, after what was sent before it
