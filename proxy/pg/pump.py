@@ -75,12 +75,13 @@ class Pump:
         self.whole = whole
         self.waiting: asyncio.Task[None] | None = None
         self.stopped = False
+        self._clear = True  # nothing buffered in the decoder (as of the last `run`)
 
     def feed(self, data: bytes) -> None:
         if self.stopped:
             return
         whole = self.whole
-        if whole is not None and self.waiting is None and not self.decoder.buffered:
+        if whole is not None and self.waiting is None and self._clear:
             try:
                 taken = whole(data)
             except BaseException as exc:
@@ -92,6 +93,7 @@ class Pump:
                 if end == len(data):
                     return
                 data = data[end:]
+        self._clear = False
         try:
             self.decoder.feed(data)
         except Exception as exc:  # a decoder that failed before: the session is ending
@@ -132,6 +134,7 @@ class Pump:
             self._write(out)
             self._stop(exc)
             return
+        self._clear = not self.decoder.buffered
         self._write(out)
 
     async def _later(self, coro: Coroutine[Any, Any, bytes | list[bytes]]) -> None:
