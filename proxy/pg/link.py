@@ -28,31 +28,40 @@ from typing import cast
 __all__ = ["Link", "Outbox"]
 
 FLOW = "flow"  # the peer's transport is full
+# Bytes sent in one iteration past which they are written at once: a big result's rows
+# must not wait for the rest of the iteration's reads (uvloop reads a busy socket up to
+# 32 times in one go), or the client would sit idle while the proxy works.
+WRITE_NOW = 64 * 1024
 
 
 class Outbox:
     """Bytes to write, written once the loop has handled this iteration's reads (see the
-    module docstring). One loop's: a listener's sessions share one."""
+    module docstring), or at once past `WRITE_NOW` bytes. One loop's: a listener's
+    sessions share one."""
 
     def __init__(self) -> None:
         self._first: list[tuple[asyncio.Transport, bytes]] = []
         self._last: list[tuple[asyncio.Transport, bytes]] = []
         self._due = False
+        self._size = 0  # bytes sent and not written
 
     def send(self, transport: asyncio.Transport, data: bytes, last: bool = False) -> None:
         """Write ``data`` to ``transport`` at the end of this iteration (``last``: after
-        the bytes sent without it; a transport's bytes keep their order if it is always
-        sent to the same way)."""
+        the bytes sent without it; a transport always sent the same way keeps its bytes'
+        order)."""
         if not self._due:
             self._due = True
             asyncio.get_running_loop().call_soon(self.flush)
         (self._last if last else self._first).append((transport, data))
+        self._size += len(data)
+        if self._size >= WRITE_NOW:
+            self.flush()
 
     def flush(self) -> None:
         """Write everything sent so far now (to a transport closing, nothing: its session
         is ending)."""
         first, last = self._first, self._last
-        self._first, self._last, self._due = [], [], False
+        self._first, self._last, self._due, self._size = [], [], False, 0
         for pending in (first, last):
             for transport, data in pending:
                 if not transport.is_closing():

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from proxy.pg.codec import BackendDecoder
-from proxy.pg.link import Link, Outbox
+from proxy.pg.link import WRITE_NOW, Link, Outbox
 from proxy.pg.messages import CommandComplete
 from proxy.pg.pump import BACKLOG, Ended, Handled, Pump
 
@@ -271,8 +271,9 @@ class Recorded:
 
 async def test_what_links_send_is_written_together_at_the_end_of_the_iteration() -> None:
     """Bytes sent through one outbox are written once the loop's iteration ends, in the
-    order sent, each to its own link, a ``last`` link's after the others'; a `Link.write`
-    writes them first; bytes for a link closing are dropped without harm to the others."""
+    order sent, each to its own link, a ``last`` link's after the others', or at once past
+    `WRITE_NOW` bytes; a `Link.write` writes them first; bytes for a link closing are
+    dropped without harm to the others."""
     outbox = Outbox()
     pairs = [socket.socketpair() for _ in range(2)]
     writers: list[asyncio.StreamWriter] = []
@@ -308,6 +309,16 @@ async def test_what_links_send_is_written_together_at_the_end_of_the_iteration()
         a.write(b"4")  # now, after what was sent before it
         await asyncio.sleep(0.01)
         assert received(peers[0]) == b"34"
+
+        del writes[:]
+        b.send(b"y")
+        a.send(b"z" * (WRITE_NOW - 1))  # (a big result's rows: written at once)
+        assert writes == [("a", b"z" * (WRITE_NOW - 1)), ("b", b"y")]
+        got = 0
+        while got < WRITE_NOW - 1:
+            await asyncio.sleep(0.01)
+            got += len(received(peers[0]))
+        assert received(peers[1]) == b"y"
 
         a.send(b"5")
         b.send(b"y")
