@@ -31,7 +31,7 @@ FLOW = "flow"  # the peer's transport is full
 # Bytes sent in one iteration past which they are written at once: a big result's rows
 # must not wait for the rest of the iteration's reads (uvloop reads a busy socket up to
 # 32 times in one go), or the client would sit idle while the proxy works.
-WRITE_NOW = 64 * 1024
+WRITE_NOW = 16 * 1024
 
 
 class Outbox:
