@@ -154,12 +154,13 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
                     if key[0] == "rows":
                         counts[1] -= len(memo)
                         memo.clear()
-        first = await replay(max(QUERIES, len(exchanges)))
+        warm = len(exchanges) if args.customers else QUERIES
+        first = await replay(warm)
         assert not (session.expect or session._client.stopped or session._server.stopped)
         mode = "-M prepared" if args.prepared else "-M extended"
         if args.customers:
-            print(f"{mode}: {first / len(exchanges) * 1e6:.1f} us of Python a query, a first"
-                  f" pass over {len(exchanges):,} rows (new to the row memo)")
+            print(f"{mode}: {first / warm * 1e6:.1f} us of Python a query, a first"
+                  f" pass over {warm:,} rows (new to the row memo)")
         best = min([await replay(QUERIES) for _ in range(args.rounds)])
         print(f"{mode}: {best / QUERIES * 1e6:.1f} us of Python a query (best of {args.rounds})")
         if args.opcodes:
