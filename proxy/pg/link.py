@@ -42,7 +42,7 @@ class Outbox:
     def __init__(self) -> None:
         self._first: list[tuple[asyncio.Transport, bytes]] = []
         self._last: list[tuple[asyncio.Transport, bytes]] = []
-        self._due = False
+        self._due = False  # a flush is scheduled for the end of the iteration
         self._size = 0  # bytes sent and not written
 
     def send(self, transport: asyncio.Transport, data: bytes, last: bool = False) -> None:
@@ -51,7 +51,7 @@ class Outbox:
         order)."""
         if not self._due:
             self._due = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self._flush_due)
         (self._last if last else self._first).append((transport, data))
         self._size += len(data)
         if self._size >= WRITE_NOW:
@@ -61,11 +61,17 @@ class Outbox:
         """Write everything sent so far now (to a transport closing, nothing: its session
         is ending)."""
         first, last = self._first, self._last
-        self._first, self._last, self._due, self._size = [], [], False, 0
+        self._first, self._last, self._size = [], [], 0
         for pending in (first, last):
             for transport, data in pending:
                 if not transport.is_closing():
                     transport.write(data)
+
+    def _flush_due(self) -> None:
+        """The flush scheduled for the end of the iteration (one at a time, however
+        often `flush` ran before it)."""
+        self._due = False
+        self.flush()
 
 
 class Link(asyncio.Protocol):
