@@ -33,7 +33,9 @@ from proxy.pg.messages import (
     RowDescription,
 )
 
-__all__ = ["Answer", "BatchShape", "answer", "bind_key", "learn", "match"]
+__all__ = [
+    "Answer", "AnswerShape", "BatchShape", "answer", "answer_like", "bind_key", "learn", "match"
+]
 
 _HEADER_FROM = struct.Struct("!Bi").unpack_from
 _I32_FROM = struct.Struct("!i").unpack_from
@@ -186,6 +188,16 @@ def match(buf: bytes, pos: int, shape: BatchShape, decoder: FrontendDecoder) -> 
 Answer = tuple[RowDescription | NoData | None, int, int, int]
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerShape:
+    """What an answer taken whole had around its rows (`answer`): the same bytes again
+    are the same messages (`answer_like`)."""
+
+    head: bytes  # [ParseComplete], BindComplete, [RowDescription or NoData]
+    description: RowDescription | NoData | None
+    tail: bytes  # CommandComplete, ReadyForQuery
+
+
 def answer(
     buf: bytes, pos: int, parsed: bool, described: bool, decoder: BackendDecoder
 ) -> Answer | None:
@@ -216,18 +228,10 @@ def answer(
                 return None
             description, p = found, end
         rows = p
-        n = len(buf)
-        for _ in range(MAX_ROWS + 1):
-            code, size = _HEADER_FROM(buf, p)
-            if code != _DATA_ROW:
-                break
-            if not decoder.fits(code, size):
-                return None
-            p += 1 + size
-            if p > n:
-                return None
-        else:
+        p = _rows_end(buf, p, decoder)
+        if p < 0:
             return None
+        _, size = _HEADER_FROM(buf, p)
         end = p + 1 + size
         if type(known(buf[p:end])) is not CommandComplete:
             return None
@@ -238,3 +242,39 @@ def answer(
     except struct.error:  # fewer than five bytes left: not all here
         return None
     return description, rows, p, stop
+
+
+def answer_like(
+    buf: bytes, pos: int, shape: AnswerShape, decoder: BackendDecoder
+) -> Answer | None:
+    """`answer` for an answer with ``shape``'s bytes around its rows (an answer to the
+    same statement, as a point select's are): the frames around the rows compared, not
+    read; None when they differ (`answer` then reads them)."""
+    head = shape.head
+    if not buf.startswith(head, pos):
+        return None
+    rows = pos + len(head)
+    try:
+        p = _rows_end(buf, rows, decoder)
+    except struct.error:
+        return None
+    tail = shape.tail
+    if p < 0 or not buf.startswith(tail, p):
+        return None
+    return shape.description, rows, p, p + len(tail)
+
+
+def _rows_end(buf: bytes, p: int, decoder: BackendDecoder) -> int:
+    """Where the DataRows from ``p`` end (at most `MAX_ROWS`, each whole and fitting
+    ``decoder``'s bounds), with at least five bytes after them; -1 if not so."""
+    n = len(buf)
+    for _ in range(MAX_ROWS + 1):
+        code, size = _HEADER_FROM(buf, p)  # (struct.error: fewer than five bytes left)
+        if code != _DATA_ROW:
+            return p
+        if not decoder.fits(code, size):
+            return -1
+        p += 1 + size
+        if p > n:
+            return -1
+    return -1

@@ -19,7 +19,9 @@ result at its first non-NULL value. Nothing here holds more than one batch of ro
 
 The common case, plain names and phones with nothing to reveal or scrub, takes runs of
 raw DataRow frames (`RowRewriter.rewrite_run`): no object per row, tokens found by the
-values' wire bytes, and no waiting unless a value is not in the engine's cache.
+values' wire bytes, and no waiting unless a value is not in the engine's cache. A point
+select's one row, in an answer taken whole, is spliced into it (`RowRewriter.splice_now`):
+the answer's bytes around each protected value, the token's between them, joined once.
 """
 
 from __future__ import annotations
@@ -198,6 +200,10 @@ class RowRewriter:
         if self._revealing or (plan.echo and tokens.known):
             self._fast = None
         self._wire: list[_Wire | None] | None = None  # made on first use
+        # ... and the same past a clear first column (an id), read with the row's header
+        self._lead = False
+        self._rest: list[_Wire | None] = []
+        self._checked = -1  # the engine's `forgotten` when this checked its memos fresh
         self._rows_memo: tuple[_Memo, list[int]] = ({}, [0, 0])  # (set with _wire)
         self._admit = True  # rows rewritten may go in the row memo (see _ROWS_MEMO)
         self._hot = False  # a row of this rewriter's came back: keep all of them
@@ -237,7 +243,8 @@ class RowRewriter:
         """
         if self._fast is None:
             return await self._rewrite_parsed(run)
-        _fresh_memos(self.tokens.engine)
+        if (engine := self.tokens.engine).forgotten != self._checked:
+            self._checked = _fresh_memos(engine)
         try:
             buf, resized, misses, rows = self._walk(run)
             self.rows += rows
@@ -254,7 +261,8 @@ class RowRewriter:
         engine's cache, or rows that must be parsed: reveals, scrubbing, notes)."""
         if self._fast is None:
             return None
-        _fresh_memos(self.tokens.engine)
+        if (engine := self.tokens.engine).forgotten != self._checked:
+            self._checked = _fresh_memos(engine)
         if len(run) <= _ONE_ROW and self._wire is not None:  # (a point select's row)
             again = self._rows_memo[0].get(run)  # (a key is one whole frame: no run is one)
             if again is not None:
@@ -272,6 +280,58 @@ class RowRewriter:
             raise ResultCut(self._unreadable()) from None
         return bytes(buf)
 
+    def splice_now(
+        self, buf: bytes, first: int, start: int, stop: int, last: int
+    ) -> list[bytes] | None:
+        """``buf[first:last]`` as pieces to join, the one DataRow frame at
+        ``buf[start:stop]`` in it rewritten: the bytes around its protected values sliced
+        from ``buf``, the tokens' wire bytes between them (a point select's answer, with
+        no copy of the row before the one that joins them). None when this cannot tell:
+        not exactly one readable frame, a token of another length or not in the engine's
+        cache, or a result that is not framed (`rewrite_run_now` then decides, cutting
+        the result where the frame is unreadable)."""
+        if self._fast is None:
+            return None
+        if (engine := self.tokens.engine).forgotten != self._checked:
+            self._checked = _fresh_memos(engine)
+        cols = self._wire if self._wire is not None else self._wire_columns()
+        i32 = _I32_FROM
+        try:
+            if self._lead:
+                code, size, count, length = _RUN_HEADER_LEAD(buf, start)
+                p = start + 11 + (length if length > 0 else 0)
+                if length < -1:
+                    return None
+            else:
+                code, size, count = _RUN_HEADER(buf, start)
+                p = start + 7
+            if code != 0x44 or start + 1 + size != stop or count < len(cols):
+                return None
+            pieces: list[bytes] = []
+            at = first
+            for col in self._rest:
+                (length,) = i32(buf, p)
+                p += 4
+                if length >= 0:
+                    end = p + length
+                    if col is not None:
+                        raw = buf[p:end]
+                        new = col[0](raw)
+                        if new is None and (new := _confirmed(col, raw)) is None:
+                            return None
+                        pieces += (buf[at:p], new)
+                        at = end
+                    p = end
+                elif length != -1:
+                    return None
+        except _UNREADABLE:
+            return None
+        if p != stop and (p > stop or count == len(cols)):  # (trailing columns: unread)
+            return None
+        pieces.append(buf[at:last])
+        self.rows += 1
+        return pieces
+
     def _walk(self, run: bytes) -> tuple[bytearray, list[_Patch], list[_Miss], int]:
         """A copy of ``run`` with every cached token written over its value, the frames
         to rebuild (tokens of another length), the values not cached, and the row count.
@@ -279,9 +339,7 @@ class RowRewriter:
         cols = self._wire if self._wire is not None else self._wire_columns()
         frames, counts = self._rows_memo
         seen = frames.get
-        width = len(cols)
-        lead = width > 0 and cols[0] is None  # a clear first column (an id): read with the header
-        rest = cols[1:] if lead else cols
+        width, lead, rest = len(cols), self._lead, self._rest
         head = _RUN_HEADER_LEAD if lead else _RUN_HEADER
         i32 = _I32_FROM
         buf = bytearray(run)
@@ -379,6 +437,8 @@ class RowRewriter:
                 cols[i] = (memo.get, engine.token_lookup(kind), memo, codec, kind, size)
             made[:] = [weakref.ref(engine, lambda _: made.clear()), cols]  # (not kept alive)
         self._wire = cols
+        self._lead = bool(cols) and cols[0] is None
+        self._rest = cols[1:] if self._lead else cols
         self._rows_memo = _memos(engine, ("rows", fast))
         return cols
 
@@ -581,6 +641,8 @@ _Memo = dict[bytes, bytes]
 # Keeping a row costs more than rewriting it (an allocation), so a result keeps its rows
 # only once one of them came back from the memo (a result read again, a customer looked up
 # again); until then only the first _ROWS_PROBE rows of a layout are kept, to find out.
+# (A row spliced into its answer, `splice_now`, neither looks here nor is kept: two value
+# memo look-ups cost what one here does, and keeping a new row would cost more.)
 # Bounded: _ROWS_MEMO rows in all an engine's row memos; a result that would pass the
 # bound empties its layout's memo and adds no more (a stream bigger than the memo would
 # only churn it).
@@ -632,13 +694,15 @@ def _memos(engine: TokenEngine, which: tuple[Any, ...]) -> tuple[_Memo, list[int
     return memo, held[2]
 
 
-def _fresh_memos(engine: TokenEngine) -> None:
-    """Empty ``engine``'s memos if it forgot a token since they were checked."""
+def _fresh_memos(engine: TokenEngine) -> int:
+    """Empty ``engine``'s memos if it forgot a token since they were checked; its
+    `forgotten` now (a rewriter checks again only once that changes: it only grows)."""
     held = _MEMOS.get(id(engine))
     if held is not None and held[2][0] != engine.forgotten and held[0]() is engine:
         for memo in held[1].values():
             memo.clear()  # (in place: the rewriters' columns hold them)
         held[2][:] = [engine.forgotten, 0]
+    return engine.forgotten
 
 
 def _forget_engine(key: int, ref: weakref.ref[TokenEngine]) -> None:
@@ -654,6 +718,20 @@ def _remember(col: _Wire, raw: bytes, new: bytes) -> None:
     if len(memo) >= col[5]:
         memo.clear()
     memo[raw] = new
+
+
+def _confirmed(col: _Wire, raw: bytes) -> bytes | None:
+    """The token of the wire value ``raw`` from the engine's cache, memoized, when as long
+    as the value; None when not cached or of another length."""
+    codec = col[3]
+    token = col[1](codec.decode(raw))
+    if token is None:
+        return None
+    new = codec.encode(token)
+    if len(new) != len(raw):
+        return None
+    _remember(col, raw, new)
+    return new
 
 
 def _rebuild(buf: bytearray, resized: list[_Patch]) -> bytes:

@@ -42,7 +42,7 @@ from proxy.crypto.engine import TokenEngine
 from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
 from proxy.pg.analysis import Analysis, ColumnLineage, Statement
-from proxy.pg.batches import BatchShape, answer, bind_key, learn, match
+from proxy.pg.batches import AnswerShape, BatchShape, answer, answer_like, bind_key, learn, match
 from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
 from proxy.pg.codec import ProtocolError
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
@@ -167,6 +167,7 @@ class _Run:
     snapshot: CatalogSnapshot | None
     undeclared: bool = False  # FETCH/EXECUTE of a cursor or statement not seen here
     planned: _Rewritten | None = None  # how its rows were last rewritten (`_answer_at`)
+    answered: AnswerShape | None = None  # the frames around its last answer's rows (ditto)
 
 
 @dataclass(slots=True)
@@ -772,16 +773,21 @@ class Session:
         described = parsed or head is _BATCH_BIND
         if not (described or head is _BATCH_BOUND) or self.cutting:
             return None
-        found = answer(buf, pos, parsed, described, self.est.server_decoder)
-        if found is None:
-            return None
-        description, rows_at, rows_end, end = found
         execute = expect[parsed + described + 1]  # ([parse], bind, [describe], execute)
         portal, run = execute.portal, execute.run
         if execute.refusal is not None or portal is None or run is None or run.undeclared:
             return None
+        decoder = self.est.server_decoder
+        shape = run.answered
+        found = None if shape is None else answer_like(buf, pos, shape, decoder)
+        if found is None:
+            found = answer(buf, pos, parsed, described, decoder)
+            if found is None:
+                return None
+            shape = None  # (learnt below, once the answer is taken)
+        description, rows_at, rows_end, end = found
         has_rows = rows_at < rows_end
-        rows = b""
+        taken: list[bytes] | None = None  # the answer's rewritten pieces
         fields = description.fields if type(description) is RowDescription else None
         if not described:
             fields = portal.fields()  # (the statement's description, as the Execute's)
@@ -807,15 +813,16 @@ class Session:
                 shared = self._rewriters.get(id(plan))
                 if result is None or (shared is not None and shared[1] is result):
                     run.planned = (fields, self.encoding, engine, result)
-            if has_rows:
-                rows = buf[rows_at:rows_end]
-                if result is not None:
+            if has_rows and result is not None:
+                taken = result.splice_now(buf, pos, rows_at, rows_end, end)
+                if taken is None:
                     try:
-                        rows = result.rewrite_run_now(rows)  # type: ignore[assignment]
+                        rows = result.rewrite_run_now(buf[rows_at:rows_end])
                     except ResultCut:
                         return None  # (cut message by message)
                     if rows is None:
                         return None  # tokens to fetch, reveals to audit
+                    taken = [buf[pos:rows_at], rows, buf[rows_end:end]]
         elif has_rows:
             return None
         # What _ack, _described, _planned, _executing and _ready do with these answers.
@@ -831,9 +838,11 @@ class Session:
         if parsed:
             popleft()
         self._completed(run)
-        if not has_rows:
-            return (buf if pos == 0 and end == len(buf) else buf[pos:end]), end
-        return [buf[pos:rows_at], rows, buf[rows_end:end]], end
+        if shape is None:
+            run.answered = AnswerShape(buf[pos:rows_at], description, buf[rows_end:end])
+        if taken is not None:
+            return taken, end
+        return (buf if pos == 0 and end == len(buf) else buf[pos:end]), end
 
     def take_rows(self) -> Handled | None:
         """A whole run of DataRows of a planned result, or of CopyData of a COPY TO STDOUT,

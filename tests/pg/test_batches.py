@@ -20,7 +20,15 @@ from test_codec import typed_frontend
 
 from proxy.crypto.engine import TokenEngine
 from proxy.crypto.keyring import Keyring
-from proxy.pg.batches import MAX_ROWS, BatchShape, answer, learn, match
+from proxy.pg.batches import (
+    MAX_ROWS,
+    AnswerShape,
+    BatchShape,
+    answer,
+    answer_like,
+    learn,
+    match,
+)
 from proxy.pg.codec import BackendDecoder, FrontendDecoder
 from proxy.pg.messages import (
     Bind,
@@ -273,6 +281,45 @@ def test_an_answer_cut_short_is_not_found() -> None:
     assert answer(data + b"Z", 0, True, True, decoder) is not None  # (what follows is not read)
 
 
+SEEN = AnswerShape(HEAD, FIELDS, DONE)  # (what `answer` found around a point select's row)
+
+
+def test_an_answer_like_one_seen_before_is_found_as_answer_finds_it() -> None:
+    decoder = server(FIELDS.encode(), DONE)
+    for data in (HEAD + ROW + DONE, HEAD + ROW + ROW + DONE, HEAD + DONE):
+        assert answer_like(data, 0, SEEN, decoder) == answer(data, 0, True, True, decoder)
+        moved = b"Z\x00\x00\x00\x05I" + data + b"1"
+        assert answer_like(moved, 6, SEEN, decoder) == answer(moved, 6, True, True, decoder)
+    bare = AnswerShape(BindComplete().encode(), None, DONE)  # (no Parse, no Describe)
+    data = BindComplete().encode() + ROW + DONE
+    assert answer_like(data, 0, bare, decoder) == answer(data, 0, False, False, decoder)
+
+
+@pytest.mark.parametrize("data", [
+    BindComplete().encode() + FIELDS.encode() + ROW + DONE,  # no ParseComplete
+    ParseComplete().encode() + BindComplete().encode() + RowDescription(
+        (FieldDescription("other"),)).encode() + ROW + DONE,
+    HEAD + ROW + CommandComplete("SELECT 2").encode() + ReadyForQuery("I").encode(),
+    HEAD + ROW + CommandComplete("SELECT 1").encode() + ReadyForQuery("T").encode(),
+    HEAD + ROW + ErrorResponse({"S": "ERROR", "C": "22012", "M": "division by zero"}).encode()
+    + ReadyForQuery("I").encode(),
+    HEAD + NoticeResponse({"S": "NOTICE", "M": "hi"}).encode() + ROW + DONE,
+    HEAD + ROW * (MAX_ROWS + 1) + DONE,
+    HEAD + b"D\x00\x00\x00\x01" + DONE,
+    HEAD + ROW[:-1] + DONE,  # a row one byte short: its frame swallows the tail's first
+], ids=["no-parse-complete", "other-fields", "other-complete", "in-transaction", "error",
+        "notice", "too-many-rows", "bad-row-length", "short-row"])
+def test_an_answer_unlike_the_one_seen_is_left_to_answer(data: bytes) -> None:
+    assert answer_like(data, 0, SEEN, server(FIELDS.encode(), DONE)) is None
+
+
+def test_an_answer_like_one_seen_cut_short_is_not_found() -> None:
+    decoder = server(FIELDS.encode(), DONE)
+    data = HEAD + ROW + DONE
+    for cut in range(len(data)):
+        assert answer_like(data[:cut], 0, SEEN, decoder) is None, cut
+
+
 def test_decoder_view_and_skip() -> None:
     decoder = server()
     data = HEAD + ROW + DONE
@@ -365,6 +412,24 @@ async def test_point_selects_taken_whole_answer_as_message_by_message(
 ) -> None:
     await whole_as_one_by_one(env, taken, monkeypatch, lambda: point_selects(
         env, prepare=prepare, binary=binary))
+
+
+async def test_answers_of_other_row_counts_between_point_selects(
+    env: PgEnv, taken: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer that is not there (no row, "SELECT 0") between those that are: each
+    answer is read as it is, not as the one before it was."""
+    async def run() -> list[tuple[Any, ...]]:
+        async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
+            rows = []
+            for _ in range(2):
+                for customer in SEED:
+                    for cid in (customer.id, -customer.id, customer.id):
+                        rows += await (await conn.execute(POINT, (cid,))).fetchall()
+            assert len(rows) == 4 * len(SEED)
+            return rows
+
+    await whole_as_one_by_one(env, taken, monkeypatch, run)
 
 
 async def test_a_ticket_reveals_its_customer_each_time_and_audits_it(

@@ -388,6 +388,74 @@ async def test_a_run_of_a_result_that_needs_parsed_rows() -> None:
         await rewriter.rewrite_run(run[:-1])
 
 
+# ---- one row spliced into its answer (splice_now) against the parsed path
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(LAYOUTS),
+    st.sampled_from(sorted(ENCODED_NAMES)),
+    st.data(),
+)
+async def test_a_spliced_row_is_rewritten_like_parsed_rows(
+    layout: Layout, encoding: str, data: st.DataObject
+) -> None:
+    i, name, phone = data.draw(
+        st.tuples(
+            st.integers(0, 10**6),
+            st.none() | st.sampled_from(ENCODED_NAMES[encoding]),
+            st.none() | st.sampled_from(PHONES),
+        )
+    )
+    before, after = data.draw(st.binary(max_size=30)), data.draw(st.binary(max_size=30))
+    values = [_row(layout, i, name, phone, encoding)]
+    frame = _encode_row(values[0])
+    expected = await _parsed(WARM, layout, encoding, values)
+    buf = before + frame + after
+    rewriter = _layout_rewriter(WARM, layout, encoding)
+    pieces = rewriter.splice_now(buf, 0, len(before), len(before) + len(frame), len(buf))
+    if expected is None or len(expected) != len(frame):  # a cut, or a frame to rebuild
+        assert pieces is None and rewriter.rows == 0
+        return
+    assert pieces is not None and b"".join(pieces) == before + expected + after
+    assert rewriter.rows == 1
+    # Part of a buffer: only buf[first:last] is in the pieces.
+    pieces = rewriter.splice_now(buf, 1 if before else 0, len(before), len(before) + len(frame),
+                                 len(buf) - (1 if after else 0))
+    assert pieces is not None
+    assert b"".join(pieces) == before[1:] + expected + after[: len(after) - 1]
+
+
+def test_splice_leaves_to_rewrite_run_now_what_it_cannot_tell() -> None:
+    rewriter = _layout_rewriter(WARM)
+    two = GOOD + GOOD
+    assert rewriter.splice_now(two, 0, 0, len(two), len(two)) is None  # two frames
+    for bad in MALFORMED.values():  # (rewrite_run_now then cuts the result)
+        buf = bad + GOOD
+        assert rewriter.splice_now(buf, 0, 0, len(bad), len(buf)) is None
+    unknown = _encode_row([b"9", b"Nobody Cached", PHONES[0].encode()])
+    assert rewriter.splice_now(unknown, 0, 0, len(unknown), len(unknown)) is None
+    longer = _encode_row([b"9", LONGER.encode(), None])
+    assert rewriter.splice_now(longer, 0, 0, len(longer), len(longer)) is None
+    assert rewriter.rows == 0
+    pieces = rewriter.splice_now(GOOD, 0, 0, len(GOOD), len(GOOD))
+    assert pieces is not None and b"".join(pieces) == rewriter.rewrite_run_now(GOOD)
+
+
+def test_a_spliced_value_whose_token_is_forgotten_is_not_served_again() -> None:
+    engine = _warm(_engine())
+    row = _encode_row([b"9", NAMES[1].encode(), PHONES[1].encode()])
+    rewriter = _layout_rewriter(engine)
+    pieces = rewriter.splice_now(row, 0, 0, len(row), len(row))  # (into the value memos)
+    assert pieces is not None
+    assert rewriter.splice_now(row, 0, 0, len(row), len(row)) == pieces
+    engine.forget("phone", PHONES[1])  # (a vault race lost)
+    assert rewriter.splice_now(row, 0, 0, len(row), len(row)) is None
+    assert _layout_rewriter(engine).splice_now(row, 0, 0, len(row), len(row)) is None
+    engine.tokenize("phone", PHONES[1])
+    assert rewriter.splice_now(row, 0, 0, len(row), len(row)) == pieces
+
+
 def test_a_plan_computes_its_plain_columns_once() -> None:
     rewriter = _layout_rewriter(WARM)
     assert rewriter.plan.plain == (
