@@ -167,7 +167,18 @@ class _Run:
     snapshot: CatalogSnapshot | None
     undeclared: bool = False  # FETCH/EXECUTE of a cursor or statement not seen here
     planned: _Rewritten | None = None  # how its rows were last rewritten (`_answer_at`)
+    effects: bool = field(init=False)  # it changes session state when done (`_completed`)
     answered: AnswerShape | None = None  # the frames around its last answer's rows (ditto)
+
+    def __post_init__(self) -> None:
+        s = self.statement  # (what `Session._completed` looks at)
+        self.effects = bool(
+            s.set_ticket is not None
+            or s.reset_ticket
+            or s.cursor is not None
+            or s.prepare is not None
+            or s.ddl
+        )
 
 
 @dataclass(slots=True)
@@ -185,9 +196,11 @@ class _Expect:
 
 # Expectations that carry nothing and are never changed: shared. Those of a batch taken
 # whole (`Session._batch`) are their own, so that its answer is known for one: a
-# Parse, a Bind followed by a Describe (_BATCH_BIND), a Bind with none (_BATCH_BOUND).
+# Parse, a Bind followed by a Describe (_BATCH_BIND), a Bind with none (_BATCH_BOUND), and
+# the Describe of the portal the Execute after it runs (_BATCH_DESCRIBE: that Execute's).
 _SYNC, _BIND, _CLOSE, _PARSE = _Expect("sync"), _Expect("bind"), _Expect("close"), _Expect("parse")
 _BATCH_PARSE, _BATCH_BIND, _BATCH_BOUND = _Expect("parse"), _Expect("bind"), _Expect("bind")
+_BATCH_DESCRIBE = _Expect("describe")
 
 
 @dataclass(slots=True)
@@ -247,6 +260,7 @@ class _Lane:
     statement: Statement = _EMPTY
     comment: str | None = None  # the ticket the statement's text cites
     run: _Run | None = None
+    prepared: _Prepared | None = None  # what its last Parse made (`Session._batch`)
 
 
 def _apply_formats(
@@ -650,8 +664,20 @@ class Session:
                     snapshot, statement, analysis.ticket
                 )
             statement = lane.statement  # (a batch with a Parse describes its portal: `learn`)
-            prepared = _Prepared(statement, lane.comment, parse.param_types, snapshot)
-            self.statements[parse.statement] = prepared
+            prepared = lane.prepared
+            # The statement its last Parse made, unchanged since (never described, and
+            # still the one of that name), is what this Parse makes again.
+            if (
+                prepared is None
+                or prepared.snapshot is not snapshot
+                or prepared.statement is not statement
+                or prepared.describing
+                or self.statements.get(parse.statement) is not prepared
+            ):
+                prepared = lane.prepared = _Prepared(
+                    statement, lane.comment, parse.param_types, snapshot
+                )
+                self.statements[parse.statement] = prepared
         else:
             found = self.statements.get(shape.statement)
             if (
@@ -682,7 +708,7 @@ class Session:
             expect.append(_BATCH_PARSE)
         if shape.described:
             expect.append(_BATCH_BIND)
-            expect.append(_Expect("describe", portal=portal))
+            expect.append(_BATCH_DESCRIBE)
         else:
             expect.append(_BATCH_BOUND)
         expect.append(_Expect("execute", run=run, portal=portal))
@@ -837,7 +863,8 @@ class Session:
             popleft()
         if parsed:
             popleft()
-        self._completed(run)
+        if run.effects:
+            self._completed(run)
         if shape is None:
             run.answered = AnswerShape(buf[pos:rows_at], description, buf[rows_end:end])
         if taken is not None:
@@ -1056,8 +1083,9 @@ class Session:
         fields = msg.fields if isinstance(msg, RowDescription) else None
         if head.prepared is not None:
             head.prepared.description, head.prepared.described = fields, True
-        if head.portal is not None:
-            head.portal.description, head.portal.described = fields, True
+        portal = self.expect[0].portal if head is _BATCH_DESCRIBE else head.portal
+        if portal is not None:
+            portal.description, portal.described = fields, True
         return [] if head.internal else [msg.wire()]
 
     def _executing(self, head: _Expect, msg: Any) -> Handled:
@@ -1251,7 +1279,7 @@ class Session:
         return [msg.wire()]
 
     def _completed(self, run: _Run) -> None:
-        """Session state a completed statement changes."""
+        """Session state a completed statement changes (if any: `_Run.effects`)."""
         s = run.statement
         if s.set_ticket is not None:
             self.gate.session_ticket = s.set_ticket
