@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from session_env import SEED, PgEnv, pg_env
 from test_codec import typed_frontend
+from test_session import RawSession
 
 from proxy.crypto.engine import TokenEngine
 from proxy.crypto.keyring import Keyring
@@ -33,6 +34,7 @@ from proxy.pg.codec import BackendDecoder, FrontendDecoder
 from proxy.pg.messages import (
     Bind,
     BindComplete,
+    Close,
     CommandComplete,
     DataRow,
     Describe,
@@ -430,6 +432,45 @@ async def test_answers_of_other_row_counts_between_point_selects(
             return rows
 
     await whole_as_one_by_one(env, taken, monkeypatch, run)
+
+
+def by_id(cid: int, parse: bool = True, describe: bool = True) -> bytes:
+    """A point select of customer ``cid`` as a driver sends it, with a text parameter."""
+    return (PARSE.encode() if parse else b"") + Bind(
+        "", "", (0,), (str(cid).encode(),), (0,)).encode() + (
+        TAIL if describe else Execute("", 0).encode() + Sync().encode())
+
+
+def rows_of(seen: list[Any]) -> list[tuple[bytes | None, ...]]:
+    return [m.columns for m in seen if isinstance(m, DataRow)]
+
+
+async def test_the_statement_of_a_batch_described_or_closed_between_batches(
+    env: PgEnv, taken: Counter[str]
+) -> None:
+    """The unnamed statement batches of one shape parse, described or closed message by
+    message between them: each exchange answers as it would alone, rows tokenized."""
+    mark = env.mark()
+    name_of = {c.id: env.ctx.engine().tokenize("name", c.full_name).encode() for c in SEED}
+    async with RawSession.open(env) as raw:
+        async def exchange(data: bytes) -> list[Any]:
+            raw.send(data)
+            return await raw.until_ready()
+
+        for cid in (1, 2, 1):
+            assert rows_of(await exchange(by_id(cid))) == [(str(cid).encode(), name_of[cid])]
+        described = await exchange(Describe("S", "").encode() + Sync().encode())
+        assert [type(m).__name__ for m in described][-2:] == ["RowDescription", "ReadyForQuery"]
+        undescribed = by_id(2, parse=False, describe=False)  # (the statement's description)
+        assert rows_of(await exchange(undescribed)) == [(b"2", name_of[2])]
+        assert rows_of(await exchange(by_id(3, parse=False))) == [(b"3", name_of[3])]
+        assert rows_of(await exchange(by_id(3))) == [(b"3", name_of[3])]
+        closed = await exchange(Close("S", "").encode() + undescribed)
+        assert any(isinstance(m, ErrorResponse) for m in closed) and not rows_of(closed)
+        for cid in (4, 1):
+            assert rows_of(await exchange(by_id(cid))) == [(str(cid).encode(), name_of[cid])]
+    assert taken["batch"] >= 5
+    env.assert_no_leak(mark)
 
 
 async def test_a_ticket_reveals_its_customer_each_time_and_audits_it(
