@@ -19,7 +19,7 @@ and goes message by message, the path that handles (and refuses) every case.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.pg.codec import BackendDecoder, FrontendDecoder, ProtocolError, decode_frontend
 from proxy.pg.messages import (
@@ -61,6 +61,10 @@ class BatchShape:
     results: bytes  # the Bind's payload after its values (the result formats)
     described: bool  # the batch describes its portal
     tail: bytes  # the frames after the Bind: [Describe], Execute, Sync
+    after: bytes = field(init=False, repr=False, compare=False)  # results + tail
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "after", self.results + self.tail)
 
 
 def _frame_at(buf: bytes, pos: int) -> tuple[int, int] | None:
@@ -178,9 +182,7 @@ def match(buf: bytes, pos: int, shape: BatchShape, decoder: FrontendDecoder) -> 
         if size < -1:
             return None
         q += 4 + size if size > 0 else 4
-    if q + len(shape.results) != bind_end or not buf.startswith(shape.results, q):
-        return None
-    if not buf.startswith(shape.tail, bind_end):
+    if q + len(shape.results) != bind_end or not buf.startswith(shape.after, q):
         return None
     return end
 
@@ -250,16 +252,21 @@ def answer_like(
     """`answer` for an answer with ``shape``'s bytes around its rows (an answer to the
     same statement, as a point select's are): the frames around the rows compared, not
     read; None when they differ (`answer` then reads them)."""
-    head = shape.head
+    head, tail = shape.head, shape.tail
     if not buf.startswith(head, pos):
         return None
     rows = pos + len(head)
     try:
-        p = _rows_end(buf, rows, decoder)
+        code, size = _HEADER_FROM(buf, rows)
+        p = rows + 1 + size
+        if code == _DATA_ROW and buf.startswith(tail, p):  # one row (a point select's)
+            if not decoder.fits(code, size):
+                return None
+        else:
+            p = _rows_end(buf, rows, decoder)
+            if p < 0 or not buf.startswith(tail, p):
+                return None
     except struct.error:
-        return None
-    tail = shape.tail
-    if p < 0 or not buf.startswith(tail, p):
         return None
     return shape.description, rows, p, p + len(tail)
 

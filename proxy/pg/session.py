@@ -44,7 +44,7 @@ from proxy.errors import TokenProxyError
 from proxy.pg.analysis import Analysis, ColumnLineage, Statement
 from proxy.pg.batches import AnswerShape, BatchShape, answer, answer_like, bind_key, learn, match
 from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
-from proxy.pg.codec import ProtocolError
+from proxy.pg.codec import FrontendDecoder, ProtocolError
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
 from proxy.pg.gate import WRITE_TAGS, AnalysisCache, Gate, Refused
 from proxy.pg.link import Link, Outbox
@@ -325,6 +325,7 @@ class Session:
         # Batch shapes learnt (`take_batch`): by their Parse frame, or their Bind's head.
         self._lanes: dict[bytes, _Lane] = {}
         self._bind_lanes: dict[bytes, _Lane] = {}
+        self._last_lane: _Lane | None = None  # the lane of the last batch taken
         self._alone = 0  # messages of a batch declined, left to go one by one
         est.server_decoder.memoize(_MEMOIZED, _PLAN_CACHE)
         est.server_decoder.passthrough = _FRAMED
@@ -610,6 +611,25 @@ class Session:
         """Where the batch at ``buf[pos:]`` ends, its state made (`_batch`); None when
         there is none, or it goes message by message (`_alone` then counts its
         messages)."""
+        decoder = self.est.client_decoder
+        lane = self._last_lane  # (a client sends one shape again and again, most often)
+        end = None if lane is None else match(buf, pos, lane.shape, decoder)
+        if lane is None or end is None:
+            found = self._lane_at(buf, pos, decoder)
+            if found is None:
+                return None
+            lane, end = found
+            self._last_lane = lane
+        if not self._batch(lane):
+            shape = lane.shape
+            self._alone = (shape.parse is not None) + shape.described + 3
+            return None
+        return end
+
+    def _lane_at(
+        self, buf: bytes, pos: int, decoder: FrontendDecoder
+    ) -> tuple[_Lane, int] | None:
+        """The lane of the batch at ``buf[pos:]`` (learnt now if new) and where it ends."""
         if pos + 5 > len(buf):
             return None
         code, size = _HEADER_FROM(buf, pos)
@@ -623,7 +643,6 @@ class Session:
             lanes, key = self._bind_lanes, found[0]
         else:
             return None
-        decoder = self.est.client_decoder
         lane = lanes.get(key)
         end = None if lane is None else match(buf, pos, lane.shape, decoder)
         if lane is None or end is None:
@@ -633,11 +652,7 @@ class Session:
             if len(lanes) >= _PLAN_CACHE:
                 lanes.clear()
             lane = lanes[key] = _Lane(shape)
-        if not self._batch(lane):
-            shape = lane.shape
-            self._alone = (shape.parse is not None) + shape.described + 3
-            return None
-        return end
+        return lane, end
 
     def _batch(self, lane: _Lane) -> bool:
         """The session state a batch of ``lane``'s shape makes, as its messages' handlers
