@@ -14,12 +14,13 @@ event loop: CPU time of this thread, best of ``--rounds`` rounds of 2,000 querie
 ``--opcodes`` also counts the bytecodes a query runs, by function (a steadier figure on a
 noisy machine, though not the whole cost: C calls and cache misses are not counted).
 
-One exchange replayed is one row seen again and again: its rewrite comes from the row
-memo. ``--customers N`` adds N customers (`proxy.demo.seed`), reads them all once through
-the session (a warm token cache, as the load test's), records the exchanges of
-min(N, 20,000) of them in random order and replays those in turn: the first pass's rows
-are new to the row memo (each value through its column's memo, as a load test's first
-minutes), printed apart from the rounds after it.
+One exchange replayed is one row seen again and again (its values from the value memos,
+its bytes in the CPU's caches). ``--customers N`` adds N customers (`proxy.demo.seed`),
+reads them all once through the session (a warm token cache, as the load test's),
+records the exchanges of min(N, 20,000) of them in random order and replays those in
+turn: the first pass (each row new to the row memo, which a point select's row spliced
+into its answer does not use, and to the CPU's caches) is printed apart from the rounds
+after it.
 
 Under load the same work costs two to four times as much (other processes take the core's
 caches in between; see loadtest/RESULTS.md): compare figures of this bench with each other.
@@ -160,7 +161,7 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
         mode = "-M prepared" if args.prepared else "-M extended"
         if args.customers:
             print(f"{mode}: {first / warm * 1e6:.1f} us of Python a query, a first"
-                  f" pass over {warm:,} rows (new to the row memo)")
+                  f" pass over {warm:,} rows")
         best = min([await replay(QUERIES) for _ in range(args.rounds)])
         print(f"{mode}: {best / QUERIES * 1e6:.1f} us of Python a query (best of {args.rounds})")
         if args.opcodes:
