@@ -261,6 +261,14 @@ class _Lane:
     comment: str | None = None  # the ticket the statement's text cites
     run: _Run | None = None
     prepared: _Prepared | None = None  # what its last Parse made (`Session._batch`)
+    # The expectations its batches queue before their Execute's: [Parse], Bind, [Describe]
+    heads: tuple[_Expect, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        shape = self.shape
+        parse = (_BATCH_PARSE,) if shape.parse is not None else ()
+        bind = (_BATCH_BIND, _BATCH_DESCRIBE) if shape.described else (_BATCH_BOUND,)
+        self.heads = parse + bind
 
 
 def _apply_formats(
@@ -719,13 +727,7 @@ class Session:
             prepared, run, shape.result_formats, describing=shape.described
         )
         expect = self.expect
-        if parse is not None:
-            expect.append(_BATCH_PARSE)
-        if shape.described:
-            expect.append(_BATCH_BIND)
-            expect.append(_BATCH_DESCRIBE)
-        else:
-            expect.append(_BATCH_BOUND)
+        expect.extend(lane.heads)
         expect.append(_Expect("execute", run=run, portal=portal))
         expect.append(_SYNC)
         return True
