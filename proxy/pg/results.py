@@ -382,21 +382,16 @@ class RowRewriter:
                     if col is not None:
                         raw = run[p:stop]
                         hit = col[0](raw)
-                        if hit is not None:
+                        if hit is not None or (hit := _confirmed(col, raw)) is not None:
                             out[p:stop] = hit  # (as long as the value: see _remember)
-                        else:
+                        else:  # not cached, or of another length (or cut by the run's end)
                             codec = col[3]
                             text = codec.decode(raw)
                             token = col[1](text)
                             if token is None:
                                 misses.append((pos, end, p, stop, raw, text, col))
                             else:
-                                new = codec.encode(token)
-                                if len(new) == len(raw):  # (short if the run ends in it)
-                                    _remember(col, raw, new)
-                                    out[p:stop] = new
-                                else:
-                                    resized.append((pos, end, p, stop, new))
+                                resized.append((pos, end, p, stop, codec.encode(token)))
                     p = stop
                 elif length != -1:
                     raise ValueError("negative column length")
