@@ -61,10 +61,17 @@ class BatchShape:
     results: bytes  # the Bind's payload after its values (the result formats)
     described: bool  # the batch describes its portal
     tail: bytes  # the frames after the Bind: [Describe], Execute, Sync
-    after: bytes = field(init=False, repr=False, compare=False)  # results + tail
+    bind_sizes: range  # the lengths the Bind may declare (its decoder's `sizes`)
+    # What `match` compares, worked out once: results + tail, and where the Bind's
+    # frame and its values begin (after the Parse frame; after the Bind's header).
+    after: bytes = field(init=False, repr=False, compare=False)
+    bind_at: int = field(init=False, repr=False, compare=False)
+    values_at: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "after", self.results + self.tail)
+        object.__setattr__(self, "bind_at", len(self.parse_frame))
+        object.__setattr__(self, "values_at", 5 + len(self.head))
 
 
 def _frame_at(buf: bytes, pos: int) -> tuple[int, int] | None:
@@ -154,27 +161,24 @@ def learn(buf: bytes, pos: int, decoder: FrontendDecoder) -> BatchShape | None:
         results=buf[values:b_end],
         described=described,
         tail=buf[tail_at:p],
+        bind_sizes=decoder.sizes(_BIND),
     )
 
 
-def match(buf: bytes, pos: int, shape: BatchShape, decoder: FrontendDecoder) -> int | None:
+def match(buf: bytes, pos: int, shape: BatchShape) -> int | None:
     """Where the batch at ``buf[pos:]`` ends if it is one of ``shape`` (whole, every
     frame well formed), else None."""
-    p = pos
-    if shape.parse_frame:
-        if not buf.startswith(shape.parse_frame, p):
-            return None
-        p += len(shape.parse_frame)
-    if not buf.startswith(shape.head, p + 5):  # (after the Bind's type and length)
-        return None
+    p = pos + shape.bind_at
+    if not (buf.startswith(shape.parse_frame, pos) and buf.startswith(shape.head, p + 5)):
+        return None  # (the head: after the Bind's type and length)
     code: int
     size: int
     code, size = _HEADER_FROM(buf, p)
     bind_end = p + 1 + size
     end = bind_end + len(shape.tail)
-    if code != _BIND or end > len(buf) or not decoder.fits(_BIND, size):
+    if code != _BIND or end > len(buf) or size not in shape.bind_sizes:
         return None
-    q = p + 5 + len(shape.head)
+    q = p + shape.values_at
     for _ in range(shape.count):
         if q + 4 > bind_end:
             return None
@@ -198,6 +202,7 @@ class AnswerShape:
     head: bytes  # [ParseComplete], BindComplete, [RowDescription or NoData]
     description: RowDescription | NoData | None
     tail: bytes  # CommandComplete, ReadyForQuery
+    row_sizes: range  # the lengths a DataRow may declare (its decoder's `sizes`)
 
 
 def answer(
@@ -260,7 +265,7 @@ def answer_like(
         code, size = _HEADER_FROM(buf, rows)
         p = rows + 1 + size
         if code == _DATA_ROW and buf.startswith(tail, p):  # one row (a point select's)
-            if not decoder.fits(code, size):
+            if size not in shape.row_sizes:
                 return None
         else:
             p = _rows_end(buf, rows, decoder)

@@ -1074,6 +1074,10 @@ class _Decoder(Generic[_T]):
         """Whether a frame of type ``code`` may declare the length ``size``."""
         return self._min[code] <= size <= self._max[code]
 
+    def sizes(self, code: int) -> range:
+        """The lengths a frame of type ``code`` may declare (`fits`, as a range to keep)."""
+        return range(self._min[code], self._max[code] + 1)
+
     def messages(self) -> Iterator[_T]:
         """Every complete message now buffered."""
         next_message = self.next_message

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import cast
 
 __all__ = ["Link", "Outbox"]
@@ -44,6 +45,7 @@ class Outbox:
         self._last: list[tuple[asyncio.Transport, bytes]] = []
         self._due = False  # a flush is scheduled for the end of the iteration
         self._size = 0  # bytes sent and not written
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it was first used in
 
     def send(self, transport: asyncio.Transport, data: bytes, last: bool = False) -> None:
         """Write ``data`` to ``transport`` at the end of this iteration (``last``: after
@@ -51,7 +53,10 @@ class Outbox:
         order)."""
         if not self._due:
             self._due = True
-            asyncio.get_running_loop().call_soon(self._flush_due)
+            loop = self._loop
+            if loop is None or not loop.is_running():
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._flush_due)
         (self._last if last else self._first).append((transport, data))
         self._size += len(data)
         if self._size >= WRITE_NOW:
@@ -62,10 +67,12 @@ class Outbox:
         is ending)."""
         first, last = self._first, self._last
         self._first, self._last, self._size = [], [], 0
-        for pending in (first, last):
-            for transport, data in pending:
-                if not transport.is_closing():
-                    transport.write(data)
+        for transport, data in first:
+            if not transport.is_closing():
+                transport.write(data)
+        for transport, data in last:
+            if not transport.is_closing():
+                transport.write(data)
 
     def _flush_due(self) -> None:
         """The flush scheduled for the end of the iteration (one at a time, however
@@ -86,8 +93,8 @@ class Link(asyncio.Protocol):
         last: bool = False,
     ) -> None:
         self.transport = cast(asyncio.Transport, writer.transport)
-        self.outbox = outbox if outbox is not None else Outbox()
         self.last = last  # its bytes written after the other links' (`Outbox.send`)
+        self.use(outbox if outbox is not None else Outbox())
         self._reader = reader
         self._streams = self.transport.get_protocol()  # start-up's: told when the link ends
         self._on_lost = on_lost
@@ -109,9 +116,14 @@ class Link(asyncio.Protocol):
             self._on_lost()
         return left
 
-    def send(self, data: bytes) -> None:
-        """Write ``data`` at the end of the loop's iteration (`Outbox`)."""
-        self.outbox.send(self.transport, data, self.last)
+    def use(self, outbox: Outbox, transport: asyncio.Transport | None = None) -> None:
+        """Send through ``outbox`` (to ``transport`` from now on, when given)."""
+        if transport is not None:
+            self.transport = transport
+        self.outbox = outbox
+        # Write ``data`` at the end of the loop's iteration (`Outbox.send`, with no call
+        # in between).
+        self.send: Callable[[bytes], None] = partial(outbox.send, self.transport, last=self.last)
 
     def write(self, data: bytes) -> None:
         """Write ``data`` now (after every byte sent before it)."""

@@ -23,7 +23,7 @@ _BACKLOG = "backlog"
 Handled = bytes | list[bytes] | Coroutine[Any, Any, bytes | list[bytes]]
 # What a `Pump`'s ``whole`` takes from the start of a read: the bytes to send on, and where
 # in the read what it took ends.
-Taken = tuple[bytes | list[bytes], int]
+Taken = tuple[bytes, int]
 
 
 class Decoder(Protocol):
@@ -88,8 +88,8 @@ class Pump:
                 self._stop(exc)
                 return
             if taken is not None:
-                out, end = taken
-                self.sink.send(out if isinstance(out, bytes) else b"".join(out))
+                self.sink.send(taken[0])
+                end = taken[1]
                 if end == len(data):
                     return
                 data = data[end:]

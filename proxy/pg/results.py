@@ -203,6 +203,7 @@ class RowRewriter:
         # ... and the same past a clear first column (an id), read with the row's header
         self._lead = False
         self._rest: list[_Wire | None] = []
+        self._width = 0  # len(self._wire)
         self._checked = -1  # the engine's `forgotten` when this checked its memos fresh
         self._rows_memo: tuple[_Memo, list[int]] = ({}, [0, 0])  # (set with _wire)
         self._admit = True  # rows rewritten may go in the row memo (see _ROWS_MEMO)
@@ -294,8 +295,9 @@ class RowRewriter:
             return None
         if (engine := self.tokens.engine).forgotten != self._checked:
             self._checked = _fresh_memos(engine)
-        cols = self._wire if self._wire is not None else self._wire_columns()
-        i32 = _I32_FROM
+        if self._wire is None:
+            self._wire_columns()
+        width, i32 = self._width, _I32_FROM
         try:
             if self._lead:
                 code, size, count, length = _RUN_HEADER_LEAD(buf, start)
@@ -305,7 +307,7 @@ class RowRewriter:
             else:
                 code, size, count = _RUN_HEADER(buf, start)
                 p = start + 7
-            if code != 0x44 or start + 1 + size != stop or count < len(cols):
+            if code != 0x44 or start + 1 + size != stop or count < width:
                 return None
             pieces: list[bytes] = []
             at = first
@@ -326,7 +328,7 @@ class RowRewriter:
                     return None
         except _UNREADABLE:
             return None
-        if p != stop and (p > stop or count == len(cols)):  # (trailing columns: unread)
+        if p != stop and (p > stop or count == width):  # (trailing columns: unread)
             return None
         pieces.append(buf[at:last])
         self.rows += 1
@@ -434,6 +436,7 @@ class RowRewriter:
         self._wire = cols
         self._lead = bool(cols) and cols[0] is None
         self._rest = cols[1:] if self._lead else cols
+        self._width = len(cols)
         self._rows_memo = _memos(engine, ("rows", fast))
         return cols
 

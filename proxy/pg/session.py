@@ -263,6 +263,10 @@ class _Lane:
     prepared: _Prepared | None = None  # what its last Parse made (`Session._batch`)
     # The expectations its batches queue before their Execute's: [Parse], Bind, [Describe]
     heads: tuple[_Expect, ...] = field(init=False)
+    # The portal its last batch made, that batch's expectations (heads, Execute, Sync):
+    # made again in place when nothing else is expected (`Session._batch`).
+    portal: _Portal | None = None
+    queued: tuple[_Expect, ...] = ()
 
     def __post_init__(self) -> None:
         shape = self.shape
@@ -619,11 +623,10 @@ class Session:
         """Where the batch at ``buf[pos:]`` ends, its state made (`_batch`); None when
         there is none, or it goes message by message (`_alone` then counts its
         messages)."""
-        decoder = self.est.client_decoder
         lane = self._last_lane  # (a client sends one shape again and again, most often)
-        end = None if lane is None else match(buf, pos, lane.shape, decoder)
+        end = None if lane is None else match(buf, pos, lane.shape)
         if lane is None or end is None:
-            found = self._lane_at(buf, pos, decoder)
+            found = self._lane_at(buf, pos, self.est.client_decoder)
             if found is None:
                 return None
             lane, end = found
@@ -652,10 +655,10 @@ class Session:
         else:
             return None
         lane = lanes.get(key)
-        end = None if lane is None else match(buf, pos, lane.shape, decoder)
+        end = None if lane is None else match(buf, pos, lane.shape)
         if lane is None or end is None:
             shape = learn(buf, pos, decoder)
-            if shape is None or (end := match(buf, pos, shape, decoder)) is None:
+            if shape is None or (end := match(buf, pos, shape)) is None:
                 return None
             if len(lanes) >= _PLAN_CACHE:
                 lanes.clear()
@@ -717,19 +720,26 @@ class Session:
             or run.statement is not statement
             or run.snapshot is not prepared.snapshot
             or run.ticket != ticket
-            or run.known
-            or prepared.known
-            or statement.fetch is not None  # (FETCH, EXECUTE: outputs of the session's)
-            or statement.execute is not None
         ):
-            run = lane.run = self._run(statement, prepared.known, ticket, prepared.snapshot)
-        portal = self.portals[shape.portal] = _Portal(
-            prepared, run, shape.result_formats, describing=shape.described
-        )
-        expect = self.expect
-        expect.extend(lane.heads)
-        expect.append(_Expect("execute", run=run, portal=portal))
-        expect.append(_SYNC)
+            run = self._run(statement, prepared.known, ticket, prepared.snapshot)
+            # Shared unless it holds values of its own, or the outputs of the session's
+            # cursor or statement it runs (FETCH, EXECUTE: looked up for each).
+            own = run.known or statement.fetch is not None or statement.execute is not None
+            lane.run = None if own else run
+        expect, portal = self.expect, lane.portal
+        if expect or portal is None or portal.prepared is not prepared or portal.run is not run:
+            portal = _Portal(prepared, run, shape.result_formats, describing=shape.described)
+            queued = (*lane.heads, _Expect("execute", run=run, portal=portal), _SYNC)
+            if not expect:  # (else a batch on its way may hold the lane's portal)
+                lane.portal, lane.queued = portal, queued
+        else:  # nothing expected holds the lane's: the same objects as they were made
+            portal.description, portal.described = None, False
+            portal.describing, portal.copy_in = shape.described, None
+            queued = lane.queued
+            execute = queued[-2]
+            execute.refusal, execute.planned = None, False
+        self.portals[shape.portal] = portal
+        expect.extend(queued)
         return True
 
     # ---- COPY FROM STDIN: tokens in protected columns resolved
@@ -872,20 +882,20 @@ class Session:
         if described:
             portal.description, portal.described = fields, True
         execute.planned = True
-        popleft = expect.popleft  # [Parse], Bind, [Describe], Execute, Sync: 3 to 5
-        popleft()
-        popleft()
-        popleft()
-        if described:
-            popleft()
-        if parsed:
-            popleft()
+        count = 3 + described + parsed  # [Parse], Bind, [Describe], Execute, Sync
+        if len(expect) == count:
+            expect.clear()
+        else:
+            for _ in range(count):
+                expect.popleft()
         if run.effects:
             self._completed(run)
         if shape is None:
-            run.answered = AnswerShape(buf[pos:rows_at], description, buf[rows_end:end])
+            run.answered = AnswerShape(
+                buf[pos:rows_at], description, buf[rows_end:end], decoder.sizes(_DATA_ROW)
+            )
         if taken is not None:
-            return taken, end
+            return b"".join(taken), end
         return (buf if pos == 0 and end == len(buf) else buf[pos:end]), end
 
     def take_rows(self) -> Handled | None:

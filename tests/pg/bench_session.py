@@ -120,12 +120,11 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
             recorder.received.clear()
             await conn.execute(SQL, (customer,), prepare=args.prepared)
             exchanges.append((recorder.of(client), recorder.of(server)))
-        client.transport = Discard(client.transport)  # type: ignore[assignment]
-        server.transport = Discard(server.transport)  # type: ignore[assignment]
+        clock, outbox = time.thread_time, Flushed()
+        for link in (client, server):
+            link.use(outbox, Discard(link.transport))  # type: ignore[arg-type]
         to_session, to_client = recorder.feeds[client], recorder.feeds[server]
         session = to_session.__self__.handlers[Parse].__self__
-        clock, outbox = time.thread_time, Flushed()
-        client.outbox = server.outbox = outbox
 
         turn = 0
 

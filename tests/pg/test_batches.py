@@ -46,6 +46,7 @@ from proxy.pg.messages import (
     NoticeResponse,
     Parse,
     ParseComplete,
+    Query,
     ReadyForQuery,
     RowDescription,
     Sync,
@@ -102,11 +103,11 @@ def test_a_batch_is_learnt_and_one_of_other_values_matches() -> None:
     shape = shape_of(first, decoder)
     assert shape.parse == PARSE and shape.statement == shape.portal == ""
     assert shape.result_formats == (0,) and shape.count == 1
-    assert match(first, 0, shape, decoder) == len(first)
+    assert match(first, 0, shape) == len(first)
     for values in ([b"\x00\x00\x01\x00"], [None], [b""], [b"a longer value than before"]):
         other = batch(*values)
-        assert match(other, 0, shape, decoder) == len(other)
-        assert match(b"xx" + other + b"next", 2, shape, decoder) == 2 + len(other)
+        assert match(other, 0, shape) == len(other)
+        assert match(b"xx" + other + b"next", 2, shape) == 2 + len(other)
 
 
 def test_a_prepared_statements_batch_has_no_parse() -> None:
@@ -117,9 +118,9 @@ def test_a_prepared_statements_batch_has_no_parse() -> None:
     shape = shape_of(data, decoder)
     assert shape.parse is None and shape.statement == "s1"
     other = bind(b"12345", statement="s1") + TAIL
-    assert match(other, 0, shape, decoder) == len(other)
-    assert match(bind(b"1", statement="s2") + TAIL, 0, shape, decoder) is None
-    assert match(batch(b"1"), 0, shape, decoder) is None  # (a Parse first: another shape)
+    assert match(other, 0, shape) == len(other)
+    assert match(bind(b"1", statement="s2") + TAIL, 0, shape) is None
+    assert match(batch(b"1"), 0, shape) is None  # (a Parse first: another shape)
 
 
 def test_a_prepared_statement_executed_undescribed() -> None:
@@ -129,8 +130,8 @@ def test_a_prepared_statement_executed_undescribed() -> None:
     shape = shape_of(data, decoder)
     assert not shape.described and shape.tail == tail and shape.portal == "p"
     other = bind(b"22", statement="s1", portal="p") + tail
-    assert match(other, 0, shape, decoder) == len(other)
-    assert match(bind(b"1", statement="s1", portal="p") + TAIL, 0, shape, decoder) is None
+    assert match(other, 0, shape) == len(other)
+    assert match(bind(b"1", statement="s1", portal="p") + TAIL, 0, shape) is None
     # A statement parsed in the batch has its rows described first (message by message).
     assert learn(PARSE.encode() + bind(b"1") + Execute("", 0).encode() + Sync().encode(), 0,
                  client()) is None
@@ -161,7 +162,7 @@ def test_a_batch_cut_short_is_neither_learnt_nor_matched() -> None:
     shape = shape_of(data, decoder)
     for cut in range(len(data)):
         assert learn(data[:cut], 0, decoder) is None
-        assert match(data[:cut], 0, shape, decoder) is None, cut
+        assert match(data[:cut], 0, shape) is None, cut
 
 
 @pytest.mark.parametrize("other", [
@@ -174,7 +175,7 @@ def test_a_batch_cut_short_is_neither_learnt_nor_matched() -> None:
 def test_a_batch_of_another_shape_does_not_match(other: bytes) -> None:
     decoder = client()
     shape = shape_of(batch(b"1"), decoder)
-    assert match(other, 0, shape, decoder) is None
+    assert match(other, 0, shape) is None
 
 
 def _with_length(data: bytes, at: int, length: int) -> bytes:
@@ -187,16 +188,16 @@ def test_malformed_values_do_not_match() -> None:
     shape = shape_of(good, decoder)
     values = len(PARSE.encode()) + 5 + len(shape.head)  # the first value's length
     for length in (-2, 5, 100, 1 << 30):  # past its Bind, or no length at all
-        assert match(_with_length(good, values, length), 0, shape, decoder) is None
-    assert match(_with_length(good, values, 4), 0, shape, decoder) == len(good)
+        assert match(_with_length(good, values, length), 0, shape) is None
+    assert match(_with_length(good, values, 4), 0, shape) == len(good)
 
 
 def test_a_bind_over_the_size_limit_does_not_match() -> None:
     small = client(max_message_size=64)
     data = batch(b"x" * 10)
     shape = shape_of(data, small)
-    assert match(data, 0, shape, small) == len(data)
-    assert match(batch(b"x" * 100), 0, shape, small) is None
+    assert match(data, 0, shape) == len(data)
+    assert match(batch(b"x" * 100), 0, shape) is None
 
 
 @given(st.lists(st.one_of(st.none(), st.binary(max_size=40)), min_size=1, max_size=4),
@@ -208,7 +209,7 @@ def test_match_finds_exactly_the_batch_the_decoder_reads(
     decoder = client()
     shape = shape_of(batch(*first), decoder)
     data = batch(*second) + after
-    end = match(data, 0, shape, decoder)
+    end = match(data, 0, shape)
     if len(first) != len(second):
         assert end is None
         return
@@ -283,7 +284,8 @@ def test_an_answer_cut_short_is_not_found() -> None:
     assert answer(data + b"Z", 0, True, True, decoder) is not None  # (what follows is not read)
 
 
-SEEN = AnswerShape(HEAD, FIELDS, DONE)  # (what `answer` found around a point select's row)
+# What `answer` found around a point select's row:
+SEEN = AnswerShape(HEAD, FIELDS, DONE, server().sizes(0x44))
 
 
 def test_an_answer_like_one_seen_before_is_found_as_answer_finds_it() -> None:
@@ -292,7 +294,7 @@ def test_an_answer_like_one_seen_before_is_found_as_answer_finds_it() -> None:
         assert answer_like(data, 0, SEEN, decoder) == answer(data, 0, True, True, decoder)
         moved = b"Z\x00\x00\x00\x05I" + data + b"1"
         assert answer_like(moved, 6, SEEN, decoder) == answer(moved, 6, True, True, decoder)
-    bare = AnswerShape(BindComplete().encode(), None, DONE)  # (no Parse, no Describe)
+    bare = AnswerShape(BindComplete().encode(), None, DONE, SEEN.row_sizes)  # (no Parse, Describe)
     data = BindComplete().encode() + ROW + DONE
     assert answer_like(data, 0, bare, decoder) == answer(data, 0, False, False, decoder)
 
@@ -470,6 +472,68 @@ async def test_the_statement_of_a_batch_described_or_closed_between_batches(
         for cid in (4, 1):
             assert rows_of(await exchange(by_id(cid))) == [(str(cid).encode(), name_of[cid])]
     assert taken["batch"] >= 5
+    env.assert_no_leak(mark)
+
+
+async def test_the_portal_of_a_batch_used_between_batches_and_behind_them(
+    env: PgEnv, taken: Counter[str]
+) -> None:
+    """In a transaction (where the unnamed portal outlives its Sync), the portal batches
+    of one shape bind is described and executed again message by message between them,
+    and executed again behind a batch sent with it (before the batch's answer), the next
+    batch sent in the same write: each exchange answers as it would alone, rows
+    tokenized (a batch's portal is made again in place only when nothing is expected)."""
+    mark = env.mark()
+    name_of = {c.id: env.ctx.engine().tokenize("name", c.full_name).encode() for c in SEED}
+    again = Describe("P", "").encode() + Execute("", 0).encode() + Sync().encode()
+
+    def row(cid: int) -> tuple[bytes, bytes]:
+        return (str(cid).encode(), name_of[cid])
+
+    async with RawSession.open(env) as raw:
+        async def exchange(data: bytes, syncs: int = 1) -> list[Any]:
+            raw.send(data)
+            seen: list[Any] = []
+            while sum(isinstance(m, ReadyForQuery) for m in seen) < syncs:
+                seen += await raw.until_ready()
+            return seen
+
+        await exchange(Query("BEGIN").encode())
+        for cid in (1, 2):
+            assert rows_of(await exchange(by_id(cid))) == [row(cid)]
+        seen = await exchange(again)  # (its one row was read: a portal run to its end)
+        assert [type(m).__name__ for m in seen] == [
+            "RowDescription", "CommandComplete", "ReadyForQuery"]
+        assert rows_of(await exchange(by_id(3))) == [row(3)]
+        behind = await exchange(by_id(4) + again + by_id(1), syncs=3)
+        assert rows_of(behind) == [row(4), row(1)]
+        assert [type(m).__name__ for m in behind].count("ReadyForQuery") == 3
+        assert not any(isinstance(m, ErrorResponse) for m in behind)
+        assert rows_of(await exchange(by_id(2))) == [row(2)]
+        await exchange(Query("ROLLBACK").encode())
+    assert taken["batch"] >= 5 and taken["answer"] >= 4
+    env.assert_no_leak(mark)
+
+
+async def test_batches_sent_together_answered_message_by_message(
+    env: PgEnv, taken: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of one shape sent in one write (each before the last one's answer), taken
+    whole, their answers read message by message: each batch's expectations are its own,
+    rows tokenized."""
+    mark = env.mark()
+    name_of = {c.id: env.ctx.engine().tokenize("name", c.full_name).encode() for c in SEED}
+    monkeypatch.setattr(Session, "take_answer", lambda self: None)
+    monkeypatch.setattr(Session, "whole_answer", lambda self, data: None)
+    ids = [1, 2, 3, 1, 2]
+    async with RawSession.open(env) as raw:
+        for together in (ids[:1], ids, ids[::-1]):
+            raw.send(b"".join(by_id(cid) for cid in together))
+            seen: list[Any] = []
+            while sum(isinstance(m, ReadyForQuery) for m in seen) < len(together):
+                seen += await raw.until_ready()
+            assert rows_of(seen) == [(str(cid).encode(), name_of[cid]) for cid in together]
+    assert taken["batch"] >= 2 * len(ids) + 1
     env.assert_no_leak(mark)
 
 

@@ -825,6 +825,16 @@ def test_an_oversized_length_fails_at_the_header_without_waiting() -> None:
         frontend.next_message()
 
 
+@given(st.integers(0, 255), st.integers(-2, 2000), st.sampled_from([None, 0, 10, 1000]))
+def test_sizes_are_the_lengths_that_fit(code: int, size: int, limit: int | None) -> None:
+    """`sizes` (kept by a batch's shape) says what `fits` says, for either side."""
+    for decoder in (
+        BackendDecoder() if limit is None else BackendDecoder(max_message_size=limit),
+        typed_frontend() if limit is None else typed_frontend(max_message_size=limit),
+    ):
+        assert (size in decoder.sizes(code)) == decoder.fits(code, size)
+
+
 def test_limits_at_the_edge_are_allowed() -> None:
     # (each would wait for its payload rather than fail)
     for header in (b"D\x00\x00\x27\x14", b"p\x00\x01\x00\x03"):

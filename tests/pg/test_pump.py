@@ -212,13 +212,13 @@ async def test_whole_takes_the_start_of_a_read_with_nothing_before_it() -> None:
     async with rig() as r:
         seen: list[bytes] = []
 
-        def whole(data: bytes) -> tuple[bytes | list[bytes], int] | None:
+        def whole(data: bytes) -> tuple[bytes, int] | None:
             seen.append(data)
             if data.startswith(cc("BOOM")):
                 raise RuntimeError("whole failed")
             if not data.startswith(cc("X")):
                 return None
-            return [b"whole-", b"X;"], len(cc("X"))
+            return b"whole-X;", len(cc("X"))
 
         r.pump.whole = whole
         r.feeder.write(cc("X") + cc("A"))
@@ -282,8 +282,9 @@ async def test_what_links_send_is_written_together_at_the_end_of_the_iteration()
     for (ours, _), name in zip(pairs, "ab", strict=True):
         reader, writer = await _streams(ours)
         writers.append(writer)
-        links.append(Link(reader, writer, lambda: None, outbox, last=name == "b"))
-        links[-1].transport = Recorded(links[-1].transport, name, writes)  # type: ignore[assignment]
+        link = Link(reader, writer, lambda: None, outbox, last=name == "b")
+        link.use(outbox, Recorded(link.transport, name, writes))  # type: ignore[arg-type]
+        links.append(link)
     peers = [theirs for _, theirs in pairs]
     for peer in peers:
         peer.setblocking(False)
@@ -331,3 +332,23 @@ async def test_what_links_send_is_written_together_at_the_end_of_the_iteration()
             writer.close()
         for peer in peers:
             peer.close()
+
+
+def test_an_outbox_serves_each_loop_it_is_used_in() -> None:
+    """An outbox (a listener's) outlives the loop it was first used in: bytes sent in the
+    next loop are written there."""
+    outbox = Outbox()
+
+    async def once(data: bytes) -> bytes:
+        ours, theirs = socket.socketpair()
+        reader, writer = await _streams(ours)
+        peer, peer_writer = await _streams(theirs)
+        try:
+            Link(reader, writer, lambda: None, outbox).send(data)
+            return await asyncio.wait_for(peer.read(100), 5)
+        finally:
+            writer.close()
+            peer_writer.close()
+
+    assert asyncio.run(once(b"first")) == b"first"
+    assert asyncio.run(once(b"second")) == b"second"
