@@ -47,10 +47,10 @@ class Outbox:
         self._size = 0  # bytes sent and not written
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it was first used in
 
-    def send(self, transport: asyncio.Transport, data: bytes, last: bool = False) -> None:
+    def send(self, transport: asyncio.Transport, last: bool, data: bytes) -> None:
         """Write ``data`` to ``transport`` at the end of this iteration (``last``: after
         the bytes sent without it; a transport always sent the same way keeps its bytes'
-        order)."""
+        order). (``data`` last: what a link binds the rest of, `Link.use`.)"""
         if not self._due:
             self._due = True
             loop = self._loop
@@ -122,8 +122,8 @@ class Link(asyncio.Protocol):
             self.transport = transport
         self.outbox = outbox
         # Write ``data`` at the end of the loop's iteration (`Outbox.send`, with no call
-        # in between).
-        self.send: Callable[[bytes], None] = partial(outbox.send, self.transport, last=self.last)
+        # in between; bound positionally: a partial's keywords are copied at each call).
+        self.send: Callable[[bytes], None] = partial(outbox.send, self.transport, self.last)
 
     def write(self, data: bytes) -> None:
         """Write ``data`` now (after every byte sent before it)."""

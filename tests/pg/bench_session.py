@@ -99,7 +99,7 @@ class Flushed(Outbox):
     """An outbox the replay flushes itself after each read (as the loop does at the end
     of the read's iteration: with many sessions, once for several reads)."""
 
-    def send(self, transport: Any, data: bytes, last: bool = False) -> None:
+    def send(self, transport: Any, last: bool, data: bytes) -> None:
         (self._last if last else self._first).append((transport, data))
 
 
