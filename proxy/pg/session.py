@@ -720,6 +720,7 @@ class Session:
             or run.statement is not statement
             or run.snapshot is not prepared.snapshot
             or run.ticket != ticket
+            or prepared.known  # (a statement prepared with values of its own since)
         ):
             run = self._run(statement, prepared.known, ticket, prepared.snapshot)
             # Shared unless it holds values of its own, or the outputs of the session's
