@@ -51,7 +51,7 @@ def test_pgbench_output_and_logs_are_read(tmp_path: Path) -> None:
 
 def test_the_registry_lists_the_pg_scenarios() -> None:
     names = {cls.name for cls in SCENARIOS}
-    assert {"pg-point", "pg-bulk", "pg-stream"} <= names
+    assert {"pg-point", "pg-point-prepared", "pg-point-simple", "pg-bulk", "pg-stream"} <= names
 
 
 @pytest.mark.skipif((why := pg_tools_missing()) is not None, reason=why or "")

@@ -11,8 +11,10 @@ customers before anything is measured.
 
 - ``pg-point``: ``SELECT id, full_name, phone FROM customers WHERE id = :id``, a random id
   of 100,000, 16 clients, ``pgbench -M extended`` (``pg-point-prepared``: ``-M
-  prepared``); latency percentiles from pgbench's per-transaction log. Target: tokenproxy
-  at least 60% of PgBouncer's throughput.
+  prepared``; ``pg-point-simple``: ``-M simple``, the id written into the query's text,
+  as psql and client-side interpolating drivers send it: a text new to the analysis cache
+  at nearly every query); latency percentiles from pgbench's per-transaction log. Target:
+  tokenproxy at least 60% of PgBouncer's throughput.
 - ``pg-bulk``: ``SELECT id, full_name, phone FROM customers``, 200,000 rows, read again and
   again by one client; a read's wall time is the latency. Target: at most 4x direct.
 - ``pg-stream``: 5,000,000 rows of ``big`` (the values of 10,000 customers repeated),
@@ -220,6 +222,14 @@ class PgPointPrepared(PgPoint):
     sweep = False
 
 
+class PgPointSimple(PgPoint):
+    name = "pg-point-simple"
+    summary = ("point select by id, 16 clients, pgbench -M simple (the id in the text),"
+               " random ids of 100,000 customers, warm token cache")
+    mode = "simple"
+    sweep = False
+
+
 # ---------------------------------------------------------------------------- pg-bulk
 
 
@@ -364,5 +374,7 @@ def pg_tools_missing() -> str | None:
     return None
 
 
-SCENARIOS: tuple[type[Scenario], ...] = (PgPoint, PgPointPrepared, PgBulk, PgStream)
+SCENARIOS: tuple[type[Scenario], ...] = (
+    PgPoint, PgPointPrepared, PgPointSimple, PgBulk, PgStream
+)
 __all__ = ["SCENARIOS", "pg_tools_missing"]
