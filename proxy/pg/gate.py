@@ -27,6 +27,7 @@ from proxy.crypto.engine import TokenEngine, UnresolvableTokenError
 from proxy.crypto.tokens import Kind
 from proxy.pg.analysis import Analysis, Slot, Statement
 from proxy.pg.catalog import Catalog, CatalogSnapshot, CatalogUnavailableError
+from proxy.pg.constants import integers_blanked, only_compared_integers
 from proxy.pg.lineage import analyze
 from proxy.pg.messages import Bind, ErrorResponse
 from proxy.pg.refusals import (
@@ -60,11 +61,19 @@ class Refused(Exception):
 
 
 class AnalysisCache:
-    """Analyses by (catalog fingerprint, SQL text), least recently used dropped first."""
+    """Analyses by (catalog fingerprint, SQL text), least recently used dropped first.
+
+    A text that differs from one analysed before only in the integers it compares
+    columns with (``WHERE id = 41234``: a point select sent as text) gets that one's
+    analysis when it was plain and could not depend on them (`proxy.pg.constants`); the
+    exact texts are not kept for it (each id would push out a statement used again)."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
         self._items: OrderedDict[tuple[str, str], Analysis] = OrderedDict()
+        # By (catalog fingerprint, text with its integers blanked): the analysis its texts
+        # share, or None when they may not share one.
+        self._shared: OrderedDict[tuple[str, str], Analysis | None] = OrderedDict()
 
     def get(self, snapshot: CatalogSnapshot, sql: str) -> Analysis:
         key = (snapshot.fingerprint, sql)
@@ -72,11 +81,48 @@ class AnalysisCache:
         if hit is not None:
             self._items.move_to_end(key)
             return hit
-        result = analyze(sql, snapshot)
-        self._items[key] = result
+        blanked = integers_blanked(sql)
+        if blanked is None:
+            return self._analyze(key, snapshot)
+        like = (snapshot.fingerprint, blanked)
+        if like in self._shared:
+            self._shared.move_to_end(like)
+            shared = self._shared[like]
+            return shared if shared is not None else self._analyze(key, snapshot)
+        result = self._analyze(key, snapshot)
+        self._shared[like] = result if _shareable(result, sql) else None
+        while len(self._shared) > self.size:
+            self._shared.popitem(last=False)
+        return result
+
+    def _analyze(self, key: tuple[str, str], snapshot: CatalogSnapshot) -> Analysis:
+        result = self._items[key] = analyze(key[1], snapshot)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return result
+
+
+def _shareable(analysis: Analysis, sql: str) -> bool:
+    """Whether ``analysis`` of ``sql`` stands for every text like it but for the integers
+    it compares columns with: one plain SELECT that changes no session state, whose every
+    constant is such an integer."""
+    if len(analysis.statements) != 1:
+        return False
+    s = analysis.statements[0]
+    return (
+        s.tag == "SELECT"
+        and s.plain
+        and s.outputs is not None
+        and s.set_ticket is None
+        and not s.reset_ticket
+        and s.cursor is None
+        and s.fetch is None
+        and s.prepare is None
+        and s.execute is None
+        and not s.copy_to_stdout
+        and not s.ddl
+        and only_compared_integers(sql)
+    )
 
 
 _WHY = {

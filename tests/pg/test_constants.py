@@ -1,0 +1,150 @@
+"""Texts that differ only in the integers they compare columns with share one analysis,
+and only those: what a text's integers may mean elsewhere (a sort position, an argument,
+a limit, a phone's digits) keeps it analysed on its own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from session_env import SEED, PgEnv, pg_env
+from test_lineage import FakeSchema
+from test_session import RawSession
+
+from proxy.pg.constants import integers_blanked, only_compared_integers
+from proxy.pg.gate import AnalysisCache
+from proxy.pg.lineage import analyze
+from proxy.pg.messages import DataRow, ErrorResponse, Query
+
+POINT = "SELECT id, full_name, phone FROM customers WHERE id = {}"
+
+
+def test_integers_are_blanked_and_nothing_else() -> None:
+    assert integers_blanked(POINT.format(1)) == integers_blanked(POINT.format(41234))
+    assert integers_blanked(POINT.format(1)) != integers_blanked(POINT.format(-1))
+    assert integers_blanked(POINT.format(1)) != integers_blanked(POINT.format("'1'"))
+    assert integers_blanked(POINT.format(1)) != integers_blanked(POINT.format(1) + " ")
+    assert integers_blanked(POINT.format(1) + " /*ticket='SUP-1'*/") != integers_blanked(
+        POINT.format(2) + " /*ticket='SUP-2'*/")
+    assert integers_blanked(POINT.format(99999999999)) is None  # (a numeric: FCONST)
+    assert integers_blanked(POINT.format("$1")) is None
+    assert integers_blanked("SELECT 'Zoë' = 1") is None  # (not ASCII)
+    assert integers_blanked("SELECT 'unterminated = 1") is None
+
+
+@pytest.mark.parametrize("sql", [
+    POINT.format(5),
+    "SELECT full_name FROM customers WHERE 0 = id AND id = 12",
+    "SELECT c.full_name FROM customers c JOIN orders o ON o.customer_id = c.id"
+    " WHERE o.id = 7 AND c.id = 3 /*ticket='SUP-1'*/",
+])
+def test_integers_compared_with_columns(sql: str) -> None:
+    assert only_compared_integers(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT full_name FROM customers ORDER BY 1",
+    "SELECT full_name FROM customers WHERE id = 1 LIMIT 5",
+    "SELECT substr(full_name, 1, 2) FROM customers WHERE id = 1",
+    "SELECT full_name FROM customers WHERE id IN (1, 2)",
+    "SELECT full_name FROM customers WHERE id < 5",
+    "SELECT full_name FROM customers WHERE id = -5",
+    "SELECT full_name FROM customers WHERE id = 2 + 3",
+    "SELECT full_name::varchar(10) FROM customers WHERE id = 1",
+    "SELECT full_name FROM customers WHERE id = 1 AND email = 'x'",
+    "SELECT full_name FROM customers WHERE id = NULL AND 1 = id",
+    "SELECT full_name FROM customers WHERE lower(full_name) = 1",
+    "SELECT 1",
+    "SELECT full_name FROM customers WHERE id = 1; SELECT 2",
+    "SELECT ((full_name)) FROM customers WHERE id = 1 OR id = 'a",
+])
+def test_other_constants_are_not_compared_integers(sql: str) -> None:
+    assert not only_compared_integers(sql)
+
+
+class Schema(FakeSchema):
+    fingerprint = "fake"
+
+
+# Texts with an integer in them, each analysed as it is (never shared), or shared:
+# (template, shared), the integer where {} is.
+TEXTS = [
+    (POINT, True),
+    ("SELECT id, full_name FROM renamed r JOIN customers c ON c.id = r.cid WHERE r.cid = {}"
+     " /*ticket='SUP-1'*/", True),
+    ("SELECT upper(full_name) FROM customers WHERE id = {}", False),  # derived: a problem
+    ("SELECT full_name FROM customers WHERE phone = {}", False),  # the digits: a slot
+    ("SELECT full_name, id FROM customers ORDER BY {}", False),  # 1: a probe, 2: clear
+    ("SELECT id FROM customers WHERE id = {} LIMIT {}", False),
+    ("SELECT set_config('tokenproxy.ticket', 'SUP-1', false) WHERE {} = 1", False),
+    ("SELECT full_name FROM customers WHERE id = {}; SELECT 1", False),
+    ("SET tokenproxy.ticket = {}", False),
+]
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(range(len(TEXTS))),
+                          st.integers(0, 3) | st.integers(0, 2**31 - 1), st.integers(0, 9)),
+                min_size=1, max_size=12))
+def test_a_shared_analysis_is_the_texts_own(texts: list[tuple[int, int, int]]) -> None:
+    """Whatever order texts come in, each gets the analysis it would get alone; those of
+    a shareable template share one object, and the exact cache does not grow with them."""
+    schema = Schema()
+    cache = AnalysisCache()
+    seen: dict[int, Any] = {}
+    for which, first, second in texts:
+        template, shared = TEXTS[which]
+        sql = template.format(first, second)
+        got = cache.get(schema, sql)  # type: ignore[arg-type]
+        assert got == analyze(sql, schema)
+        if shared:
+            assert seen.setdefault(which, got) is got
+    assert len(cache._items) <= len({(w, a, b) for w, a, b in texts})
+
+
+def test_the_order_of_a_sort_position_is_not_shared() -> None:
+    """``ORDER BY 2`` (the id: clear) first, then ``ORDER BY 1`` (the name: a probe)."""
+    schema = Schema()
+    cache = AnalysisCache()
+    by_id = cache.get(schema, "SELECT full_name, id FROM customers ORDER BY 2")  # type: ignore[arg-type]
+    by_name = cache.get(schema, "SELECT full_name, id FROM customers ORDER BY 1")  # type: ignore[arg-type]
+    assert by_id.statements[0].plain and not by_name.statements[0].plain
+
+
+# ------------------------------------------------------------------ through a live session
+
+
+@pytest.fixture(scope="module")
+async def env(module_dsn: str) -> AsyncIterator[PgEnv]:
+    async with pg_env(module_dsn) as e:
+        yield e
+
+
+async def test_point_selects_as_text_share_an_analysis_and_stay_tokenized(env: PgEnv) -> None:
+    """Simple-protocol point selects (the id in the text), one with no row, then a sort
+    by the name's position: rows tokenized, nothing leaked, the probe refused; one
+    analysis kept for the point selects."""
+    mark = env.mark()
+    engine = env.ctx.engine()
+    cache = env.ctx.cache
+    before = len(cache._items)
+    async with RawSession.open(env) as raw:
+        async def query(sql: str) -> list[Any]:
+            raw.send(Query(sql).encode())
+            return await raw.until_ready()
+
+        for customer in [*SEED, *SEED]:
+            seen = await query(f"SELECT id, full_name FROM customers WHERE id = {customer.id}")
+            rows = [m.columns for m in seen if isinstance(m, DataRow)]
+            assert rows == [(str(customer.id).encode(),
+                             engine.tokenize("name", customer.full_name).encode())]
+        assert len(cache._items) <= before + 1
+        assert not any(isinstance(m, DataRow) for m in await query(
+            "SELECT id FROM customers WHERE id = -1"))
+        probe = await query("SELECT full_name, id FROM customers ORDER BY 1")
+        assert any(isinstance(m, ErrorResponse) for m in probe)
+        assert not any(isinstance(m, DataRow) for m in probe)
+    env.assert_no_leak(mark)
