@@ -67,12 +67,10 @@ class Outbox:
         is ending)."""
         first, last = self._first, self._last
         self._first, self._last, self._size = [], [], 0
-        for transport, data in first:
-            if not transport.is_closing():
-                transport.write(data)
-        for transport, data in last:
-            if not transport.is_closing():
-                transport.write(data)
+        for pending in (first, last):
+            for transport, data in pending:
+                if not transport.is_closing():
+                    transport.write(data)
 
     def _flush_due(self) -> None:
         """The flush scheduled for the end of the iteration (one at a time, however
