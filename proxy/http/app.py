@@ -321,8 +321,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except UpstreamError as exc:
         return _upstream_failed(ctx, exc, request_id)
     except RewriteError as exc:
-        ctx.metrics.upstream_error(exc.code)
-        return error_response(exc.status, exc.code, exc.reason, request_id)
+        return _refused(ctx, exc, st)
     except BodyError as exc:
         return error_response(400, exc.code, exc.reason, request_id)
 
@@ -333,10 +332,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except UpstreamError as exc:
         return _upstream_failed(ctx, exc, request_id)
     except RewriteError as exc:
-        ctx.metrics.upstream_error(exc.code)
-        return error_response(exc.status, exc.code, exc.reason, request_id)
+        return _refused(ctx, exc, st)
     finally:
         upstream.release()
+
+
+def _refused(ctx: HttpContext, exc: RewriteError, st: RequestState) -> web.Response:
+    """A request or response the proxy would not pass: its code goes in the request's log
+    line, so that an admin can tell a stale token from an ambiguous one."""
+    ctx.metrics.upstream_error(exc.code)
+    st.log["refused"] = exc.code
+    return error_response(exc.status, exc.code, exc.reason, st.request_id)
 
 
 def _upstream_failed(ctx: HttpContext, exc: UpstreamError, request_id: str) -> web.Response:

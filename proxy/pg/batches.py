@@ -34,7 +34,8 @@ from proxy.pg.messages import (
 )
 
 __all__ = [
-    "Answer", "AnswerShape", "BatchShape", "answer", "answer_like", "bind_key", "learn", "match"
+    "BOUND", "PARSED", "Answer", "AnswerShape", "BatchShape", "answer", "answer_like",
+    "bind_key", "learn", "match",
 ]
 
 _HEADER_FROM = struct.Struct("!Bi").unpack_from
@@ -42,8 +43,8 @@ _I32_FROM = struct.Struct("!i").unpack_from
 _U16_FROM = struct.Struct("!H").unpack_from
 _PARSE, _BIND, _DESCRIBE, _EXECUTE, _SYNC = 0x50, 0x42, 0x44, 0x45, 0x53
 _DATA_ROW = 0x44
-_PARSE_COMPLETE = b"1\x00\x00\x00\x04"
-_BIND_COMPLETE = b"2\x00\x00\x00\x04"
+BOUND = b"2\x00\x00\x00\x04"  # BindComplete: the answer to a batch begins with it
+PARSED = b"1\x00\x00\x00\x04" + BOUND  # ParseComplete first when the batch parsed
 MAX_ROWS = 256  # DataRows an answer may hold to be taken whole (more: row runs do better)
 
 
@@ -199,31 +200,27 @@ class AnswerShape:
     """What an answer taken whole had around its rows (`answer`): the same bytes again
     are the same messages (`answer_like`)."""
 
-    head: bytes  # [ParseComplete], BindComplete, [RowDescription or NoData]
+    head: bytes  # the acks ([ParseComplete], BindComplete; none), [RowDescription or NoData]
     description: RowDescription | NoData | None
     tail: bytes  # CommandComplete, ReadyForQuery
     row_sizes: range  # the lengths a DataRow may declare (its decoder's `sizes`)
 
 
 def answer(
-    buf: bytes, pos: int, parsed: bool, described: bool, decoder: BackendDecoder
+    buf: bytes, pos: int, acks: bytes, described: bool, decoder: BackendDecoder
 ) -> Answer | None:
-    """The whole answer to a batch at ``buf[pos:]`` (``parsed``, ``described``: the batch
-    had a Parse, a Describe), if it is there: [ParseComplete], BindComplete,
-    [RowDescription or NoData (one ``decoder`` knows)], at most `MAX_ROWS` DataRows,
-    CommandComplete (known) and ReadyForQuery. As (the description or None, where the rows
-    begin, where they end, where the answer ends); else None.
+    """The whole answer at ``buf[pos:]`` to a batch (``acks``: `PARSED` or `BOUND`, as it
+    had a Parse or not; ``described``: a Describe) or to a simple Query (``acks`` empty,
+    described), if it is there: ``acks``, [RowDescription or NoData (one ``decoder``
+    knows)], at most `MAX_ROWS` DataRows, CommandComplete (known) and ReadyForQuery. As
+    (the description or None, where the rows begin, where they end, where the answer
+    ends); else None.
 
     (A frame is found by its bytes, length included: one cut short by the buffer's end
     is never taken for a whole one.)"""
-    p = pos
-    if parsed:
-        if not buf.startswith(_PARSE_COMPLETE, p):
-            return None
-        p += 5
-    if not buf.startswith(_BIND_COMPLETE, p):
+    if not buf.startswith(acks, pos):
         return None
-    p += 5
+    p = pos + len(acks)
     known = decoder.known
     try:
         description: RowDescription | NoData | None = None

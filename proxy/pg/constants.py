@@ -13,18 +13,76 @@ analysis stands for all the texts like it only when every constant in its parse 
 an integer compared with ``=`` to a column (`only_compared_integers`); the analyzer reads
 no such value (a phone column compared with digits makes a slot, whatever the digits:
 that analysis is not plain, and is not shared). Anything else is analysed text by text.
+
+The scan costs as much as the rest of a point select's handling, so a text whose
+analysis is shared also gives a `Template`: its runs of digits, found by a regular
+expression (`digit_runs`: delimited by characters that cannot continue a number, a word
+or a parameter), those that are its integer constants free, the others fixed. A text
+with the same characters around its runs, the same fixed ones, and a number in the int4
+range (the scanner's ``ICONST``) in each free one is the template's text with other
+integers in the same places: the scanner reads it as the same tokens, so it is like it
+(`Template.fits`) with no scan.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from pglast import parser as pg_parser
 
-__all__ = ["integers_blanked", "only_compared_integers"]
+__all__ = ["Template", "digit_runs", "integers_blanked", "only_compared_integers"]
 
 _BLANK = "\x00"  # (never in a statement's text: the protocol's strings end at a NUL)
+# A run of digits no letter, digit, underscore, dollar or dot touches: a whole integer
+# literal where the scanner reads one (not part of a name, a $n, a decimal, 1e5, 1_000).
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z_$.])([0-9]+)(?![0-9A-Za-z_$.])")
+_INT4_DIGITS = 10  # int4's maximum, 2147483647, has ten digits
+_INT4_MAX = 2**31 - 1
+
+
+def digit_runs(sql: str) -> tuple[str, list[str]]:
+    """``sql`` with its runs of digits blanked out (the key of its `Template`), and the
+    runs."""
+    parts = _DIGIT_RUN.split(sql)
+    return _BLANK.join(parts[0::2]), parts[1::2]
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A text's runs of digits: None for each that is an integer constant (free), the
+    digits of the others (fixed)."""
+
+    runs: tuple[str | None, ...]
+
+    @classmethod
+    def of(cls, sql: str) -> Template | None:
+        """The template of ``sql`` (its key: `digit_runs`); None if it cannot be scanned.
+        (An integer constant that is not a run, ``0x1F``, is in the key as it is.)"""
+        try:
+            tokens = pg_parser.scan(sql)
+        except pg_parser.ParseError:
+            return None
+        free = {(t.start, t.end + 1) for t in tokens if t.name == "ICONST"}
+        return cls(
+            tuple(None if m.span() in free else m.group() for m in _DIGIT_RUN.finditer(sql))
+        )
+
+    def fits(self, runs: list[str]) -> bool:
+        """Whether ``runs`` (of a text with this template's key) are the same in its
+        fixed places and integer constants in its free ones."""
+        for digits, fixed in zip(runs, self.runs, strict=True):
+            if fixed is None:
+                value = digits.lstrip("0")  # (leading zeros: still an ICONST)
+                if len(value) > _INT4_DIGITS or (
+                    len(value) == _INT4_DIGITS and int(value) > _INT4_MAX
+                ):
+                    return False  # a numeric (FCONST): another text
+            elif digits != fixed:
+                return False
+        return True
 
 
 def integers_blanked(sql: str) -> str | None:

@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from proxy.crypto.engine import TokenEngine, UnresolvableTokenError
+from proxy.crypto.engine import AmbiguousTokenError, TokenEngine, UnresolvableTokenError
 from proxy.crypto.tokens import Kind
 from proxy.pg.analysis import Analysis, Slot, Statement
 from proxy.pg.catalog import Catalog, CatalogSnapshot, CatalogUnavailableError
-from proxy.pg.constants import integers_blanked, only_compared_integers
+from proxy.pg.constants import Template, digit_runs, integers_blanked, only_compared_integers
 from proxy.pg.lineage import analyze
 from proxy.pg.messages import Bind, ErrorResponse
 from proxy.pg.refusals import (
@@ -74,25 +74,44 @@ class AnalysisCache:
         # By (catalog fingerprint, text with its integers blanked): the analysis its texts
         # share, or None when they may not share one.
         self._shared: OrderedDict[tuple[str, str], Analysis | None] = OrderedDict()
+        # By (catalog fingerprint, text with its runs of digits blanked): the template of
+        # a text whose analysis is shared, and that analysis (found with no scan).
+        self._templates: OrderedDict[tuple[str, str], tuple[Template, Analysis]] = (
+            OrderedDict()
+        )
 
     def get(self, snapshot: CatalogSnapshot, sql: str) -> Analysis:
-        key = (snapshot.fingerprint, sql)
+        fingerprint = snapshot.fingerprint
+        key = (fingerprint, sql)
         hit = self._items.get(key)
         if hit is not None:
             self._items.move_to_end(key)
             return hit
+        blanked_runs, runs = digit_runs(sql)
+        if runs:
+            like_runs = (fingerprint, blanked_runs)
+            found = self._templates.get(like_runs)
+            if found is not None and found[0].fits(runs):
+                self._templates.move_to_end(like_runs)
+                return found[1]
         blanked = integers_blanked(sql)
         if blanked is None:
             return self._analyze(key, snapshot)
-        like = (snapshot.fingerprint, blanked)
+        like = (fingerprint, blanked)
         if like in self._shared:
             self._shared.move_to_end(like)
             shared = self._shared[like]
             return shared if shared is not None else self._analyze(key, snapshot)
         result = self._analyze(key, snapshot)
-        self._shared[like] = result if _shareable(result, sql) else None
+        shareable = _shareable(result, sql)
+        self._shared[like] = result if shareable else None
         while len(self._shared) > self.size:
             self._shared.popitem(last=False)
+        template = Template.of(sql) if shareable else None
+        if template is not None:
+            self._templates[(fingerprint, blanked_runs)] = (template, result)
+            while len(self._templates) > self.size:
+                self._templates.popitem(last=False)
         return result
 
     def _analyze(self, key: tuple[str, str], snapshot: CatalogSnapshot) -> Analysis:
@@ -348,11 +367,16 @@ class Gate:
                 error=type(exc).__name__,
                 detail=str(exc),
             )
+            why = (
+                "was issued under two key versions for different values"
+                if isinstance(exc, AmbiguousTokenError)
+                else "cannot be resolved (its key version is retired or not loaded in this "
+                "proxy yet)"
+            )
             raise Refused(
                 error(
                     INVALID_PARAMETER_VALUE,
-                    "a token in this statement cannot be resolved (its key version is retired, "
-                    "not loaded in this proxy yet, or ambiguous)",
+                    f"a token in this statement {why}",
                     hint="reload the record and try again",
                 )
             ) from None

@@ -42,7 +42,18 @@ from proxy.crypto.engine import TokenEngine
 from proxy.crypto.tokens import Kind
 from proxy.errors import TokenProxyError
 from proxy.pg.analysis import Analysis, ColumnLineage, Statement
-from proxy.pg.batches import AnswerShape, BatchShape, answer, answer_like, bind_key, learn, match
+from proxy.pg.batches import (
+    BOUND,
+    PARSED,
+    Answer,
+    AnswerShape,
+    BatchShape,
+    answer,
+    answer_like,
+    bind_key,
+    learn,
+    match,
+)
 from proxy.pg.catalog import Catalogs, CatalogSnapshot, CatalogUnavailableError
 from proxy.pg.codec import FrontendDecoder, ProtocolError
 from proxy.pg.copyrows import CopyRow, CopyRowReader, UnsupportedCopyFormat
@@ -338,6 +349,8 @@ class Session:
         self._lanes: dict[bytes, _Lane] = {}
         self._bind_lanes: dict[bytes, _Lane] = {}
         self._last_lane: _Lane | None = None  # the lane of the last batch taken
+        # The runs of the last simple Query (`_query`): its analysis, snapshot and ticket.
+        self._last_query: tuple[Analysis, CatalogSnapshot, str | None, list[_Run]] | None = None
         self._alone = 0  # messages of a batch declined, left to go one by one
         est.server_decoder.memoize(_MEMOIZED, _PLAN_CACHE)
         est.server_decoder.passthrough = _FRAMED
@@ -425,7 +438,15 @@ class Session:
         analysis, snapshot = now
         ticket = self.gate.ticket(analysis)
         self.copy_in = None
-        runs = [self._run(s, {}, ticket, snapshot) for s in analysis.statements]
+        last = self._last_query  # (a client sends one statement again and again, most often)
+        if last is not None and last[0] is analysis and last[1] is snapshot and last[2] == ticket:
+            runs = last[3]
+        else:
+            runs = [self._run(s, {}, ticket, snapshot) for s in analysis.statements]
+            # Shared by the next Query of this analysis unless a run looks up the
+            # outputs of the session's cursor or statement it runs (FETCH, EXECUTE).
+            shared = all(s.fetch is None and s.execute is None for s in analysis.statements)
+            self._last_query = (analysis, snapshot, ticket, runs) if shared else None
         self.expect.append(_Expect("query", runs=runs))
         return msg.wire()
 
@@ -820,34 +841,114 @@ class Session:
         where it ends, its state changed as message by message; None when it is not one,
         or goes message by message."""
         expect = self.expect
-        if not expect:
+        if not expect or self.cutting:
             return None
         head = expect[0]
         parsed = head is _BATCH_PARSE
         described = parsed or head is _BATCH_BIND
-        if not (described or head is _BATCH_BOUND) or self.cutting:
-            return None
+        if not (described or head is _BATCH_BOUND):
+            return self._query_answer_at(buf, pos, head) if head.kind == "query" else None
         execute = expect[parsed + described + 1]  # ([parse], bind, [describe], execute)
         portal, run = execute.portal, execute.run
         if execute.refusal is not None or portal is None or run is None or run.undeclared:
             return None
-        decoder = self.est.server_decoder
-        shape = run.answered
-        found = None if shape is None else answer_like(buf, pos, shape, decoder)
-        if found is None:
-            found = answer(buf, pos, parsed, described, decoder)
-            if found is None:
-                return None
-            shape = None  # (learnt below, once the answer is taken)
+        got = self._answer_of(run, buf, pos, PARSED if parsed else BOUND, described)
+        if got is None:
+            return None
+        found, new = got
         description, rows_at, rows_end, end = found
-        has_rows = rows_at < rows_end
-        taken: list[bytes] | None = None  # the answer's rewritten pieces
         fields = description.fields if type(description) is RowDescription else None
         if not described:
             fields = portal.fields()  # (the statement's description, as the Execute's)
             if fields is None and not portal.no_rows:
                 return None
-        if fields is not None:
+        out = self._answer_bytes(run, fields, buf, pos, rows_at, rows_end, end)
+        if out is None:
+            return None
+        # What _ack, _described, _planned, _executing and _ready do with these answers.
+        if described:
+            portal.description, portal.described = fields, True
+        execute.planned = True
+        count = 3 + described + parsed  # [Parse], Bind, [Describe], Execute, Sync
+        if len(expect) == count:
+            expect.clear()
+        else:
+            for _ in range(count):
+                expect.popleft()
+        self._taken(run, buf, pos, found, new)
+        return out, end
+
+    def _query_answer_at(self, buf: bytes, pos: int, head: _Expect) -> Taken | None:
+        """`_answer_at` for a simple Query of one statement that returns rows: its
+        RowDescription, DataRows, CommandComplete and ReadyForQuery."""
+        runs = head.runs
+        if len(runs) != 1 or head.index or head.refusal is not None:
+            return None
+        run = runs[0]
+        if run.undeclared:
+            return None
+        got = self._answer_of(run, buf, pos, b"", True)
+        if got is None:
+            return None
+        found, new = got
+        description, rows_at, rows_end, end = found
+        if type(description) is not RowDescription:
+            return None
+        out = self._answer_bytes(run, description.fields, buf, pos, rows_at, rows_end, end)
+        if out is None:
+            return None
+        # What _describing_rows, _querying and _ready do with these answers.
+        self.expect.popleft()
+        self._taken(run, buf, pos, found, new)
+        return out, end
+
+    def _answer_of(
+        self, run: _Run, buf: bytes, pos: int, acks: bytes, described: bool
+    ) -> tuple[Answer, bool] | None:
+        """The answer at ``buf[pos:]`` to ``run``'s statement, read as one with the frames
+        of its last answer taken (`answer_like`), else as any (`answer`); and whether it
+        was the latter (its frames to keep once it is taken: `_taken`)."""
+        decoder = self.est.server_decoder
+        shape = run.answered
+        found = None if shape is None else answer_like(buf, pos, shape, decoder)
+        if found is not None:
+            return found, False
+        found = answer(buf, pos, acks, described, decoder)
+        return None if found is None else (found, True)
+
+    def _taken(self, run: _Run, buf: bytes, pos: int, found: Answer, new: bool) -> None:
+        """What taking ``run``'s answer ``found`` whole changes: the session state its
+        statement changes (if any); the frames around its rows if ``new``, for the next."""
+        if run.effects:
+            self._completed(run)
+        if new:
+            description, rows_at, rows_end, end = found
+            run.answered = AnswerShape(
+                buf[pos:rows_at],
+                description,
+                buf[rows_end:end],
+                self.est.server_decoder.sizes(_DATA_ROW),
+            )
+
+    def _answer_bytes(
+        self,
+        run: _Run,
+        fields: tuple[FieldDescription, ...] | None,
+        buf: bytes,
+        pos: int,
+        rows_at: int,
+        rows_end: int,
+        end: int,
+    ) -> bytes | None:
+        """The answer ``buf[pos:end]`` to send, its rows (``buf[rows_at:rows_end]``, of
+        ``run``'s result described by ``fields``; None: no rows) rewritten; None when it
+        must go message by message (planned the first time, tokens to fetch, reveals to
+        audit, a result to cut)."""
+        has_rows = rows_at < rows_end
+        if fields is None:
+            if has_rows:
+                return None
+        else:
             planned, engine = run.planned, self.ctx.engine()
             if (
                 planned is not None
@@ -877,27 +978,8 @@ class Session:
                     if rows is None:
                         return None  # tokens to fetch, reveals to audit
                     taken = [buf[pos:rows_at], rows, buf[rows_end:end]]
-        elif has_rows:
-            return None
-        # What _ack, _described, _planned, _executing and _ready do with these answers.
-        if described:
-            portal.description, portal.described = fields, True
-        execute.planned = True
-        count = 3 + described + parsed  # [Parse], Bind, [Describe], Execute, Sync
-        if len(expect) == count:
-            expect.clear()
-        else:
-            for _ in range(count):
-                expect.popleft()
-        if run.effects:
-            self._completed(run)
-        if shape is None:
-            run.answered = AnswerShape(
-                buf[pos:rows_at], description, buf[rows_end:end], decoder.sizes(_DATA_ROW)
-            )
-        if taken is not None:
-            return b"".join(taken), end
-        return (buf if pos == 0 and end == len(buf) else buf[pos:end]), end
+                return b"".join(taken)
+        return buf if pos == 0 and end == len(buf) else buf[pos:end]
 
     def take_rows(self) -> Handled | None:
         """A whole run of DataRows of a planned result, or of CopyData of a COPY TO STDOUT,

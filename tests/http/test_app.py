@@ -11,10 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
+import structlog.testing
 from http_env import Env
 
 from proxy.config import load_config
 from proxy.crypto.keyring import DataKey, Keyring, KeyState
+from proxy.crypto.registry import MemoryRegistry
+from proxy.crypto.tokens import IssuedToken, Method
 from proxy.http.app import HttpContext, run_http
 from proxy.http.settings import settings_from_config
 from proxy.policy.fields import DefaultFields
@@ -110,3 +113,35 @@ async def test_key_rotation_swaps_the_engine_and_old_tokens_still_resolve(http_e
         assert [c["id"] for c in orjson.loads(found)["customers"]] == [1012]
     finally:
         ctx.swap_engine(old_engine)
+
+
+async def test_a_token_two_key_versions_issued_for_different_values_is_refused(
+    http_env: Env,
+) -> None:
+    """After a rotation the new key's token of one phone may be the old key's token of
+    another (two permutations of one domain). A save that sends it back is refused with
+    409 ambiguous-token, never resolved by a guess; the request's log line names the
+    refusal, and the database keeps its values."""
+    ctx = http_env.ctx
+    old_engine = ctx.engines.current
+    before = await http_env.customer_row(1003)
+    _, body = await http_env.get("/customers/1003")
+    record = orjson.loads(body)
+    (v1,) = old_engine.keyring.keys
+    rotated = old_engine.with_keyring(Keyring(
+        (v1.with_state(KeyState.DECRYPT_ONLY), DataKey(v1.version + 1, secrets.token_bytes(32)))
+    ))
+    rotated.registry = MemoryRegistry()  # (not the env's: its rows stay as they are)
+    rotated.registry.record([IssuedToken("phone", record["phone"], v, Method.FF1)
+                             for v in (v1.version, v1.version + 1)])
+    ctx.swap_engine(rotated)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            resp, body = await http_env.request("PUT", "/customers/1003", json=record)
+    finally:
+        ctx.swap_engine(old_engine)
+    assert resp.status == 409 and resp.headers["X-Tokenproxy-Error"] == "ambiguous-token"
+    assert orjson.loads(body)["error"] == "ambiguous-token"
+    assert await http_env.customer_row(1003) == before
+    (line,) = [e for e in logs if e["event"] == "http.request"]
+    assert line["status"] == 409 and line["refused"] == "ambiguous-token"

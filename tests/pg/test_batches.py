@@ -22,7 +22,9 @@ from test_session import RawSession
 from proxy.crypto.engine import TokenEngine
 from proxy.crypto.keyring import Keyring
 from proxy.pg.batches import (
+    BOUND,
     MAX_ROWS,
+    PARSED,
     AnswerShape,
     BatchShape,
     answer,
@@ -232,32 +234,41 @@ HEAD = ParseComplete().encode() + BindComplete().encode() + FIELDS.encode()
 def test_a_whole_answer_is_found() -> None:
     decoder = server(FIELDS.encode(), DONE)
     data = HEAD + ROW + ROW + DONE
-    found = answer(data, 0, True, True, decoder)
+    found = answer(data, 0, PARSED, True, decoder)
     assert found is not None
     description, rows, rows_end, end = found
     assert description == FIELDS and data[rows:rows_end] == ROW + ROW and end == len(data)
-    assert answer(data[5:], 0, False, True, decoder) == (FIELDS, rows - 5, rows_end - 5, end - 5)
-    assert answer(data[5:], 0, True, True, decoder) is None  # ParseComplete missing
-    assert answer(data, 0, False, True, decoder) is None
+    assert answer(data[5:], 0, BOUND, True, decoder) == (FIELDS, rows - 5, rows_end - 5, end - 5)
+    assert answer(data[5:], 0, PARSED, True, decoder) is None  # ParseComplete missing
+    assert answer(data, 0, BOUND, True, decoder) is None
 
 
 def test_no_rows_and_no_data() -> None:
     decoder = server(FIELDS.encode(), DONE, CommandComplete("UPDATE 0").encode())
-    found = answer(HEAD + DONE, 0, True, True, decoder)
+    found = answer(HEAD + DONE, 0, PARSED, True, decoder)
     assert found is not None and found[1] == found[2]
     data = BindComplete().encode() + NoData().encode() + CommandComplete("UPDATE 0").encode() \
         + ReadyForQuery("T").encode()
-    found = answer(data, 0, False, True, decoder)
+    found = answer(data, 0, BOUND, True, decoder)
     assert found is not None and found[0] == NoData() and found[3] == len(data)
 
 
 def test_an_answer_with_no_description() -> None:
     decoder = server(DONE)
     data = BindComplete().encode() + ROW + DONE
-    assert answer(data, 0, False, False, decoder) == (None, 5, 5 + len(ROW), len(data))
-    assert answer(data, 0, False, True, decoder) is None
-    assert answer(BindComplete().encode() + FIELDS.encode() + ROW + DONE, 0, False, False,
+    assert answer(data, 0, BOUND, False, decoder) == (None, 5, 5 + len(ROW), len(data))
+    assert answer(data, 0, BOUND, True, decoder) is None
+    assert answer(BindComplete().encode() + FIELDS.encode() + ROW + DONE, 0, BOUND, False,
                   server(FIELDS.encode(), DONE)) is None  # (a description not asked for)
+
+
+def test_the_answer_to_a_simple_query() -> None:
+    decoder = server(FIELDS.encode(), DONE)
+    data = FIELDS.encode() + ROW + ROW + DONE
+    assert answer(data, 0, b"", True, decoder) == (
+        FIELDS, len(FIELDS.encode()), len(FIELDS.encode()) + 2 * len(ROW), len(data))
+    assert answer(BindComplete().encode() + data, 0, b"", True, decoder) is None
+    assert answer(data, 0, BOUND, True, decoder) is None
 
 
 @pytest.mark.parametrize("data", [
@@ -273,15 +284,15 @@ def test_an_answer_with_no_description() -> None:
 ], ids=["error", "notice-before", "notice-after", "unknown-complete", "unknown-fields",
         "too-many-rows", "bad-row-length"])
 def test_other_answers_are_not_taken(data: bytes) -> None:
-    assert answer(data, 0, True, True, server(FIELDS.encode(), DONE)) is None
+    assert answer(data, 0, PARSED, True, server(FIELDS.encode(), DONE)) is None
 
 
 def test_an_answer_cut_short_is_not_found() -> None:
     decoder = server(FIELDS.encode(), DONE)
     data = HEAD + ROW + DONE
     for cut in range(len(data)):
-        assert answer(data[:cut], 0, True, True, decoder) is None, cut
-    assert answer(data + b"Z", 0, True, True, decoder) is not None  # (what follows is not read)
+        assert answer(data[:cut], 0, PARSED, True, decoder) is None, cut
+    assert answer(data + b"Z", 0, PARSED, True, decoder) is not None  # (what follows is not read)
 
 
 # What `answer` found around a point select's row:
@@ -291,12 +302,12 @@ SEEN = AnswerShape(HEAD, FIELDS, DONE, server().sizes(0x44))
 def test_an_answer_like_one_seen_before_is_found_as_answer_finds_it() -> None:
     decoder = server(FIELDS.encode(), DONE)
     for data in (HEAD + ROW + DONE, HEAD + ROW + ROW + DONE, HEAD + DONE):
-        assert answer_like(data, 0, SEEN, decoder) == answer(data, 0, True, True, decoder)
+        assert answer_like(data, 0, SEEN, decoder) == answer(data, 0, PARSED, True, decoder)
         moved = b"Z\x00\x00\x00\x05I" + data + b"1"
-        assert answer_like(moved, 6, SEEN, decoder) == answer(moved, 6, True, True, decoder)
+        assert answer_like(moved, 6, SEEN, decoder) == answer(moved, 6, PARSED, True, decoder)
     bare = AnswerShape(BindComplete().encode(), None, DONE, SEEN.row_sizes)  # (no Parse, Describe)
     data = BindComplete().encode() + ROW + DONE
-    assert answer_like(data, 0, bare, decoder) == answer(data, 0, False, False, decoder)
+    assert answer_like(data, 0, bare, decoder) == answer(data, 0, BOUND, False, decoder)
 
 
 @pytest.mark.parametrize("data", [
@@ -662,3 +673,127 @@ async def test_errors_refusals_and_declined_batches_go_one_by_one(
             cursors = [await conn.execute(POINT, (cid,)) for cid in (1, 2, 3)]
         assert [(await c.fetchone())[0] for c in cursors] == [1, 2, 3]  # type: ignore[index]
     env.assert_no_leak(mark)
+
+
+# ------------------------------------------------------- simple queries, answered whole
+
+TEXT_POINT = "SELECT id, full_name, phone FROM customers WHERE id = {}"
+
+
+def no_whole_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No answer taken whole by the sessions started from now on."""
+    monkeypatch.setattr(Session, "take_answer", lambda self: None)
+    monkeypatch.setattr(Session, "whole_answer", lambda self, data: None)
+
+
+async def simple_queries(env: PgEnv, texts: list[str]) -> list[list[Any]]:
+    """The messages answering each text, sent as a simple Query one after the other."""
+    async with RawSession.open(env) as raw:
+        answers = []
+        for text in texts:
+            raw.send(Query(text).encode())
+            answers.append(await raw.until_ready())
+        return answers
+
+
+async def test_simple_queries_answered_whole_as_message_by_message(
+    env: PgEnv, taken: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Point selects sent as text (psql, pgbench -M simple, drivers that interpolate) have
+    their answers taken whole; between them, every other kind of answer goes as it did.
+    Both ways, the client receives the same messages: tokens, reveals under the ticket
+    only (each audited), errors and refusals, several statements in one Query."""
+    ticket = env.new_ticket_id()
+    await env.add_ticket(ticket, [2])
+    texts: list[str] = []
+    for customer in SEED:
+        texts += [TEXT_POINT.format(customer.id)] * 2
+        texts.append(TEXT_POINT.format(customer.id + 1000))  # no row: another CommandComplete
+    texts += [
+        "SELECT id, label FROM plain_items WHERE id = 1",  # no protected column
+        "SELECT id, full_name FROM customers WHERE id IN (1, 2, 3) ORDER BY id",
+        TEXT_POINT.format(1) + "; " + TEXT_POINT.format(3),  # two statements
+        "SELECT id / 0 FROM customers WHERE id = 1",  # the server's error after a description
+        "SELECT upper(full_name) FROM customers WHERE id = 1",  # refused by tokenproxy
+        TEXT_POINT.format(2) + f" /*ticket='{ticket}'*/",  # revealed, audited
+        TEXT_POINT.format(4) + f" /*ticket='{ticket}'*/",  # not on the ticket: tokens
+        TEXT_POINT.format(2),
+        f"SET tokenproxy.ticket = '{ticket}'",
+        TEXT_POINT.format(2),  # revealed: the session's ticket
+        TEXT_POINT.format(2),
+        "RESET tokenproxy.ticket",
+        TEXT_POINT.format(2),  # tokens again
+        "BEGIN",
+        TEXT_POINT.format(3),  # ReadyForQuery 'T': another tail
+        TEXT_POINT.format(3),
+        "COMMIT",
+        TEXT_POINT.format(3),
+        "PREPARE byid AS SELECT id, email FROM customers WHERE id = $1",
+        "EXECUTE byid(1)",  # rows of a statement prepared in SQL: its outputs
+        "EXECUTE byid(1)",
+        "DEALLOCATE byid",
+        "PREPARE byid AS SELECT id, full_name FROM customers WHERE id = $1",
+        "EXECUTE byid(1)",  # the same text, another statement: tokens
+        "EXECUTE byid(1)",
+    ]
+    mark = env.mark()
+    whole = await simple_queries(env, texts)
+    # (message by message: the first, planned; the first with no row, its "SELECT 0" new)
+    assert taken["answer"] >= 3 * len(SEED) - 2
+    audited = "SELECT count(*) FROM audit_log WHERE ticket = $1 AND action = 'reveal'"
+    assert await env.pool.fetchval(audited, ticket) == 3
+    no_whole_answers(monkeypatch)
+    assert await simple_queries(env, texts) == whole
+    assert await env.pool.fetchval(audited, ticket) == 6
+    env.assert_no_leak(mark, except_ids=[2])
+
+    def rows(i: int) -> list[tuple[bytes | None, ...]]:
+        return rows_of(whole[i])
+
+    name = {c.id: c.full_name.encode() for c in SEED}
+    for i, customer in enumerate(SEED):
+        first, again, missing = rows(3 * i), rows(3 * i + 1), rows(3 * i + 2)
+        assert first == again and len(first) == 1 and missing == []
+        assert first[0][0] == str(customer.id).encode() and first[0][1] != name[customer.id]
+    at = 3 * len(SEED)
+    assert rows(at) == [(b"1", b"alpha")]
+    assert [r[0] for r in rows(at + 1)] == [b"1", b"2", b"3"]
+    assert [r[0] for r in rows(at + 2)] == [b"1", b"3"]
+    assert any(isinstance(m, ErrorResponse) for m in whole[at + 3])
+    assert any(isinstance(m, ErrorResponse) for m in whole[at + 4])
+    revealed = [rows(at + k)[0][1] == name[rows(at + k)[0][0] and int(rows(at + k)[0][0])]
+                for k in (5, 6, 7, 9, 10, 12)]
+    assert revealed == [True, False, False, True, True, False]
+    assert rows(at + 14) == rows(at + 15) == rows(at + 17)
+    assert rows(at + 19) == rows(at + 20) == [(b"1", SEED[0].email.encode())]
+    assert rows(at + 23) == rows(at + 24) == [(b"1", rows(0)[0][1])]  # (customer 1's token)
+
+
+async def test_a_ticket_set_by_the_extended_protocol_between_simple_queries(
+    env: PgEnv, taken: Counter[str]
+) -> None:
+    """The runs of a simple Query sent again are its last ones only under the same ticket:
+    one set or reset by a statement of the extended protocol in between counts."""
+    ticket = env.new_ticket_id()
+    await env.add_ticket(ticket, [2])
+    mark = env.mark()
+
+    def extended(sql: str) -> bytes:
+        return (Parse("", sql, ()).encode() + Bind("", "", (), (), ()).encode()
+                + Execute("", 0).encode() + Sync().encode())
+
+    point = Query(TEXT_POINT.format(2)).encode()
+    names = []
+    async with RawSession.open(env) as raw:
+        for before in (b"", extended(f"SET tokenproxy.ticket = '{ticket}'"),
+                       extended("RESET tokenproxy.ticket")):
+            if before:
+                raw.send(before)
+                await raw.until_ready()
+            for _ in range(3):
+                raw.send(point)
+                names += [row[1] for row in rows_of(await raw.until_ready())]
+    real = BY_ID[2].full_name.encode()
+    assert [name == real for name in names] == [False] * 3 + [True] * 3 + [False] * 3
+    assert taken["answer"] >= 4
+    env.assert_no_leak(mark, except_ids=[2])

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pglast import parser as pg_parser
 from session_env import SEED, PgEnv, pg_env
 from test_lineage import FakeSchema
 from test_session import RawSession
 
-from proxy.pg.constants import integers_blanked, only_compared_integers
+from proxy.pg.constants import Template, digit_runs, integers_blanked, only_compared_integers
 from proxy.pg.gate import AnalysisCache
 from proxy.pg.lineage import analyze
 from proxy.pg.messages import DataRow, ErrorResponse, Query
@@ -63,6 +64,54 @@ def test_integers_compared_with_columns(sql: str) -> None:
 ])
 def test_other_constants_are_not_compared_integers(sql: str) -> None:
     assert not only_compared_integers(sql)
+
+
+# Pieces of SQL text with a number in them ({}), in every place the scanner may read it
+# otherwise than an integer constant: a string, a comment, a name, a parameter, a decimal,
+# an exponent, a type modifier, a negative number, a dollar-quoted string.
+PIECES = ["SELECT ", "id", " = ", "=", "{}", " ", ", ", "'{}'", "/*{}*/", "-- {}\n", "x{}",
+          '"c{}"', "${}", "{}.5", ".{}", "1e{}", "{}e1", "{}_000", "-{}", "+{}", "::varchar({})",
+          "[{}]", "$$ {} $$", "({})", "0x{}", "U&'\\{}'", "{}x"]
+NUMBERS = st.sampled_from(["0", "7", "007", "41234", "2147483647", "2147483648", "02147483647",
+                           "99999999999", "0000000000000000005"])
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=10), st.data())
+def test_a_text_that_fits_a_template_scans_as_its_text(
+    pieces: list[str], data: st.DataObject
+) -> None:
+    """Two texts made of the same pieces with any numbers in them: when the second fits
+    the first's template, the scanner reads the same tokens in both but for the values of
+    their integer constants (the same text once those are blanked)."""
+    def text() -> str:
+        return "".join(p.format(data.draw(NUMBERS)) for p in pieces)
+
+    first, second = text(), text()
+    template = Template.of(first)
+    key, runs = digit_runs(second)
+    if template is None or key != digit_runs(first)[0] or not template.fits(runs):
+        return
+    def tokens(sql: str) -> list[tuple[str, str]]:
+        return [(t.name, "" if t.name == "ICONST" else sql[t.start : t.end + 1])
+                for t in pg_parser.scan(sql)]
+
+    assert tokens(second) == tokens(first)
+    assert integers_blanked(second) == integers_blanked(first)
+
+
+def test_templates_fit_texts_with_other_integers_only_in_their_places() -> None:
+    template = Template.of(POINT.format(5) + " /*ticket='SUP-12'*/")
+    assert template is not None and template.runs == (None, "12")
+    for number, fits in (("41234", True), ("0", True), ("2147483647", True),
+                         ("2147483648", False), ("99999999999", False)):
+        key, runs = digit_runs(POINT.format(number) + " /*ticket='SUP-12'*/")
+        assert key == digit_runs(POINT.format(5) + " /*ticket='SUP-12'*/")[0]
+        assert template.fits(runs) is fits, number
+    assert not template.fits(digit_runs(POINT.format(5) + " /*ticket='SUP-13'*/")[1])
+    underscored = Template.of("SELECT full_name FROM customers WHERE id = 1_000 AND id = 5")
+    assert underscored is not None and underscored.runs == (None,)  # (1_000: in the key)
+    assert Template.of("SELECT 'unterminated = 1") is None
 
 
 class Schema(FakeSchema):

@@ -22,8 +22,9 @@ from sqlalchemy import Integer, String, create_engine, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from proxy.crypto.engine import TokenEngine
-from proxy.crypto.keyring import Keyring
-from proxy.crypto.tokens import Kind
+from proxy.crypto.keyring import DataKey, Keyring, KeyState
+from proxy.crypto.registry import MemoryRegistry
+from proxy.crypto.tokens import IssuedToken, Kind, Method
 from proxy.pg.codec import BackendDecoder
 from proxy.pg.messages import (
     AuthenticationOk,
@@ -848,6 +849,39 @@ async def test_an_unknown_message_mid_session_ends_it_with_a_protocol_error(env:
     assert errors and errors[0].sqlstate == "08P01"
 
 
+async def writes_refused_under(
+    env: PgEnv, engine: TokenEngine, statements: list[tuple[str, tuple[Any, ...]]],
+    message: str, cid: int,
+) -> list[Any]:
+    """Each statement, run through the proxy with ``engine`` in force, is refused with
+    22023 saying ``message`` before it reaches the database (customer ``cid``'s phone is
+    as it was); the log entries of the tokens not resolved, checked to hold no value."""
+    current = env.ctx.engine
+    env.ctx.engine = lambda: engine
+    try:
+        conn = await env.connect()
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for sql, args in statements:
+                    with pytest.raises(asyncpg.PostgresError) as info:
+                        await conn.execute(sql, *args)
+                    assert info.value.sqlstate == "22023"
+                    assert message in str(info.value)
+        finally:
+            await conn.close()
+    finally:
+        env.ctx.engine = current
+    direct = await env.direct()
+    try:
+        phone = await direct.fetchval("SELECT phone FROM customers WHERE id = $1", cid)
+        assert phone == BY_ID[cid].phone
+    finally:
+        await direct.close()
+    text = repr(logs)
+    assert all(c.phone not in text and c.full_name not in text for c in SEED)
+    return [e for e in logs if e["event"] == "pg.token_unresolved"]
+
+
 async def test_a_token_of_a_retired_key_is_refused_and_logged_without_values(
     env: PgEnv,
 ) -> None:
@@ -860,39 +894,47 @@ async def test_a_token_of_a_retired_key_is_refused_and_logged_without_values(
     finally:
         await conn.close()
     assert token != BY_ID[3].phone
-    current = env.ctx.engine
-    engine = current()
-    rotated = TokenEngine.standard(
+    engine = env.ctx.engine()
+    rotated = TokenEngine.standard(  # version 1 retired: its tokens are stale here
         Keyring.single(secrets.token_bytes(32), version=2),
         engine.vault,
         engine.registry,
         default_region="ID",
     )
-    env.ctx.engine = lambda: rotated  # version 1 retired: its tokens are stale here
-    try:
-        conn = await env.connect()
-        try:
-            with structlog.testing.capture_logs() as logs:
-                for sql, args in (
-                    ("UPDATE customers SET phone = $1 WHERE id = 4", (token,)),
-                    (f"UPDATE customers SET phone = '{token}' WHERE id = 4", ()),
-                ):
-                    with pytest.raises(asyncpg.PostgresError) as info:
-                        await conn.execute(sql, *args)
-                    assert info.value.sqlstate == "22023"
-                    assert "cannot be resolved" in str(info.value)
-        finally:
-            await conn.close()
-    finally:
-        env.ctx.engine = current
-    direct = await env.direct()
-    try:
-        assert await direct.fetchval("SELECT phone FROM customers WHERE id = 4") == BY_ID[4].phone
-    finally:
-        await direct.close()
-    unresolved = [e for e in logs if e["event"] == "pg.token_unresolved"]
+    unresolved = await writes_refused_under(env, rotated, [
+        ("UPDATE customers SET phone = $1 WHERE id = 4", (token,)),
+        (f"UPDATE customers SET phone = '{token}' WHERE id = 4", ()),
+    ], "cannot be resolved", 4)
     assert len(unresolved) == 2
     assert all(e["kind"] == "phone" and e["error"] == "StaleTokenError" for e in unresolved)
     assert "version 1" in unresolved[0]["detail"]
-    text = repr(logs)
-    assert all(c.phone not in text and c.full_name not in text for c in SEED)
+
+
+async def test_a_token_two_key_versions_issued_for_different_values_is_refused(
+    env: PgEnv,
+) -> None:
+    """FF1 under two keys is two permutations of one domain: the new key's token of one
+    phone may be the old key's token of another. Such a token coming back is refused
+    (22023, saying so), never resolved by a guess; the database keeps its value."""
+    conn = await env.connect()
+    try:
+        token = await conn.fetchval("SELECT phone FROM customers WHERE id = 3")
+    finally:
+        await conn.close()
+    engine = env.ctx.engine()
+    old = engine.keyring.active
+    rotated = TokenEngine.standard(
+        Keyring((DataKey(old.version, old.material, KeyState.DECRYPT_ONLY),
+                 DataKey(old.version + 1, secrets.token_bytes(32)))),
+        engine.vault,
+        MemoryRegistry(),  # (not the session's: its rows stay as they are)
+        default_region="ID",
+    )
+    # The old key's token, as if the new key had issued it too (for the phone it
+    # deciphers to under that key).
+    rotated.registry.record([IssuedToken("phone", token, v, Method.FF1)
+                             for v in (old.version, old.version + 1)])
+    unresolved = await writes_refused_under(env, rotated, [
+        ("UPDATE customers SET phone = $1 WHERE id = 3", (token,)),
+    ], "two key versions for different values", 3)
+    assert [e["error"] for e in unresolved] == ["AmbiguousTokenError"]
