@@ -82,7 +82,7 @@ RESTARTS = ("restart-upstream", "restart-state-db", "pause-state-db")
 ACCEPTABLE = ("http-502", "http-503", "http-504", "http-conn", "pg-57P03", "pg-conn",
               "pg-08006", "pg-08001", "pg-57P01")
 # After a rotation the new key's token of one value may be the old key's token of another
-# (FF1 under two keys: two permutations of one domain; about one rotation in 30 here, by a
+# (FF1 under two keys: two permutations of one domain; one rotation in 10 to 30 here, by a
 # phone). A save that sends it back is refused, never guessed: fail closed, not an error
 # of the soak's making, and counted apart.
 AMBIGUOUS = "-ambiguous-token"

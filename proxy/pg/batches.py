@@ -8,7 +8,9 @@ BindComplete, RowDescription or NoData (when described), the DataRows, CommandCo
 ReadyForQuery. A point select's ten or so messages cost more to frame and dispatch one by
 one than the work they carry. Here a batch's shape is learnt from its frames once
 (`learn`); a batch of the same shape is then recognised by its bytes alone (`match`: only
-the parameter values may differ), and its answer by its frames (`answer`).
+the parameter values may differ), and its answer by its frames (`answer`). The answer to
+a simple Query of one statement (RowDescription, DataRows, CommandComplete,
+ReadyForQuery: a point select sent as text) is the same with no acknowledgement first.
 
 Only frames are read here (no I/O, no session state): whether a session may take a batch
 this way is the session's business. Anything else (a batch or answer split across reads,

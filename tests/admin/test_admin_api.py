@@ -108,14 +108,16 @@ async def test_ticket_upsert_reveals_and_close_tokenizes_again(admin_env: AdminE
     assert resp.status == 200 and doc["full_name"] != real["full_name"]
     assert "unknown-ticket" in resp.headers["X-Tokenproxy-Reveal"]
 
-    status, body = await admin_env.ticket("T-100", [1001, "1002"])
+    # (one expiry for both upserts: one computed at each could straddle a second)
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    status, body = await admin_env.ticket("T-100", [1001, "1002"], expires_at=expires)
     assert status == 201
     assert body == {"ticket": "T-100", "result": "created", "status": "open", "customers": 2}
     resp, doc = await admin_env.get("/customers/1001", agent="alice", ticket="T-100")
     assert resp.headers["X-Tokenproxy-Reveal"] == "allowed; customers=1"
     assert doc["full_name"] == real["full_name"] and doc["phone"] == real["phone"]
     # the same ticket again: nothing changes, no audit row
-    status, body = await admin_env.ticket("T-100", [1001, "1002"])
+    status, body = await admin_env.ticket("T-100", [1001, "1002"], expires_at=expires)
     assert (status, body["result"]) == (200, "unchanged")
     # someone else's view of the same customer stays tokenized
     resp, doc = await admin_env.get("/customers/1001", agent="bob", ticket="T-100")
