@@ -435,7 +435,10 @@ class Rewriter:
             notes = await self._resolve_notes(records, engine)
         except AmbiguousTokenError:
             raise RewriteError(
-                409, "ambiguous-token", "a token in the body is ambiguous; reload the record"
+                409,
+                "ambiguous-token",
+                "a token in the body was issued under two key versions for different values; "
+                "reload the record, or cite a ticket for its customer and save the real values",
             ) from None
         except UnresolvableTokenError:
             raise RewriteError(

@@ -367,18 +367,14 @@ class Gate:
                 error=type(exc).__name__,
                 detail=str(exc),
             )
-            why = (
-                "was issued under two key versions for different values"
-                if isinstance(exc, AmbiguousTokenError)
-                else "cannot be resolved (its key version is retired or not loaded in this "
-                "proxy yet)"
-            )
+            if isinstance(exc, AmbiguousTokenError):
+                why = "was issued under two key versions for different values"
+                hint = "reload the record, or cite a ticket for its customer and write its values"
+            else:
+                why = "cannot be resolved (its key version is retired or not loaded here yet)"
+                hint = "reload the record and try again"
             raise Refused(
-                error(
-                    INVALID_PARAMETER_VALUE,
-                    f"a token in this statement {why}",
-                    hint="reload the record and try again",
-                )
+                error(INVALID_PARAMETER_VALUE, f"a token in this statement {why}", hint=hint)
             ) from None
         except DatabaseUnavailableError:
             if writes:

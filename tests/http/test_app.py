@@ -141,7 +141,8 @@ async def test_a_token_two_key_versions_issued_for_different_values_is_refused(
     finally:
         ctx.swap_engine(old_engine)
     assert resp.status == 409 and resp.headers["X-Tokenproxy-Error"] == "ambiguous-token"
-    assert orjson.loads(body)["error"] == "ambiguous-token"
+    answer = orjson.loads(body)
+    assert answer["error"] == "ambiguous-token" and "cite a ticket" in answer["message"]
     assert await http_env.customer_row(1003) == before
     (line,) = [e for e in logs if e["event"] == "http.request"]
     assert line["status"] == 409 and line["refused"] == "ambiguous-token"

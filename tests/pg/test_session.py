@@ -851,11 +851,12 @@ async def test_an_unknown_message_mid_session_ends_it_with_a_protocol_error(env:
 
 async def writes_refused_under(
     env: PgEnv, engine: TokenEngine, statements: list[tuple[str, tuple[Any, ...]]],
-    message: str, cid: int,
+    message: str, cid: int, hint: str = "reload the record",
 ) -> list[Any]:
     """Each statement, run through the proxy with ``engine`` in force, is refused with
-    22023 saying ``message`` before it reaches the database (customer ``cid``'s phone is
-    as it was); the log entries of the tokens not resolved, checked to hold no value."""
+    22023 saying ``message`` (and ``hint``) before it reaches the database (customer
+    ``cid``'s phone is as it was); the log entries of the tokens not resolved, checked to
+    hold no value."""
     current = env.ctx.engine
     env.ctx.engine = lambda: engine
     try:
@@ -867,6 +868,7 @@ async def writes_refused_under(
                         await conn.execute(sql, *args)
                     assert info.value.sqlstate == "22023"
                     assert message in str(info.value)
+                    assert hint in (info.value.hint or "")
         finally:
             await conn.close()
     finally:
@@ -936,5 +938,5 @@ async def test_a_token_two_key_versions_issued_for_different_values_is_refused(
                              for v in (old.version, old.version + 1)])
     unresolved = await writes_refused_under(env, rotated, [
         ("UPDATE customers SET phone = $1 WHERE id = 3", (token,)),
-    ], "two key versions for different values", 3)
+    ], "two key versions for different values", 3, hint="cite a ticket for its customer")
     assert [e["error"] for e in unresolved] == ["AmbiguousTokenError"]
