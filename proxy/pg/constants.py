@@ -59,8 +59,9 @@ class Template:
 
     @classmethod
     def of(cls, sql: str) -> Template | None:
-        """The template of ``sql`` (its key: `digit_runs`); None if it cannot be scanned.
-        (An integer constant that is not a run, ``0x1F``, is in the key as it is.)"""
+        """The template of ``sql`` (ASCII: the scanner counts bytes; its key: `digit_runs`);
+        None if it cannot be scanned. (An integer constant that is not a run, ``0x1F``, is
+        in the key as it is.)"""
         try:
             tokens = pg_parser.scan(sql)
         except pg_parser.ParseError:

@@ -797,3 +797,22 @@ async def test_a_ticket_set_by_the_extended_protocol_between_simple_queries(
     assert [name == real for name in names] == [False] * 3 + [True] * 3 + [False] * 3
     assert taken["answer"] >= 4
     env.assert_no_leak(mark, except_ids=[2])
+
+
+async def test_a_token_in_a_simple_query_is_resolved_and_echoed(
+    env: PgEnv, taken: Counter[str]
+) -> None:
+    """A Query with a token in its text (resolved before it is sent: the run holds the
+    value) answers with that token where the value comes back, each time alike."""
+    mark = env.mark()
+    async with RawSession.open(env) as raw:
+        raw.send(Query(TEXT_POINT.format(4)).encode())
+        ((_, _, phone),) = rows_of(await raw.until_ready())
+        assert phone is not None and phone.decode() != BY_ID[4].phone
+        by_phone = f"SELECT id, phone FROM customers WHERE phone = '{phone.decode()}'"
+        found = []
+        for _ in range(3):
+            raw.send(Query(by_phone).encode())
+            found.append(rows_of(await raw.until_ready()))
+    assert found == [[(b"4", phone)]] * 3
+    env.assert_no_leak(mark)
