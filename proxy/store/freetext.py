@@ -17,14 +17,20 @@ proxy put them, and a format-preserving token looks like any text, so only token
 *known* are resolved:
 
 - the name tokens of its own record: the record's name fields, resolved to their values,
-  and the tokens of those values' words (exactly what the response put in the note);
+  and the tokens of those values' words (exactly what the response put in the note) under
+  the active key and under each key the record's name tokens were issued under (a note
+  read before a rotation and saved after it holds the old key's; that key's vault tokens
+  are looked up, never drawn);
 - any other word of 5 letters or more that the registry knows as an FF1 name token (a
   random vault token of a short name could collide with an ordinary word; an FF1 token of 5
   letters cannot, in practice);
 - the phone spans of the note that the registry knows as phone tokens.
 
 Everything else in the note is what the agent typed and passes unchanged. Resolution runs
-once per key version the note's candidate tokens were issued under (newest first).
+once per key version the note's candidate tokens were issued under (newest first). A
+candidate that two versions issued for different values (FF1 under two keys: two
+permutations of one domain) is refused (`AmbiguousTokenError`): which version put it in the
+note cannot be told, and the newest could write another customer's value into it.
 
 Tokenizing goes through ``TokenEngine.tokenize_text``; the settle-and-flush loop around it
 mirrors ``tokenize_durably``, which takes no known names (yet): when the store grows a
@@ -34,13 +40,15 @@ counterpart yet and lives here.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from proxy.crypto.engine import StaleTokenError, TokenEngine
-from proxy.crypto.keyring import DataKey
-from proxy.crypto.tokens import Kind, Method
+from proxy.crypto.keyring import DataKey, Keyring
+from proxy.crypto.tokens import IssuedToken, Kind, Method
+from proxy.crypto.vault import Vault
 from proxy.errors import KeyringError, TokenProxyError, VaultMissError
 from proxy.store.db import DatabaseUnavailableError
 from proxy.store.durable import MAX_SETTLE_ROUNDS, Store, prefetch_tokens
@@ -146,6 +154,59 @@ class _Registered:
         return any(r.version == self.version for r in rows)
 
 
+def _one_value(engine: TokenEngine, kind: Kind, token: str, rows: Sequence[IssuedToken]) -> None:
+    """Raise `AmbiguousTokenError` when key versions issued ``token`` for different values:
+    which one put it in the note cannot be told, and resolving it with the newest could
+    write another customer's value into it."""
+    if len({row.version for row in rows}) > 1:
+        engine.detokenize(kind.value, token)  # (raises when the versions disagree)
+
+
+async def _word_tokens(
+    engine: TokenEngine, store: Store | None, words: list[str], version: int
+) -> list[str]:
+    """The tokens of name ``words`` under key ``version``: made (and recorded) under the
+    active key; under an older one, only those it issued (its vault is asked, never
+    drawn from)."""
+    if not words:
+        return []
+    try:
+        key = engine.keyring.get(version)
+    except KeyringError:
+        return []  # (retired: the note's tokens of it are refused below)
+    if store is not None and store.health.healthy:
+        try:
+            await store.vault.prefetch_values(Kind.NAME.value, words, key)
+        except DatabaseUnavailableError as exc:
+            store.health.report_failure(exc)
+    if version == engine.keyring.active.version:
+        return [engine.tokenize(Kind.NAME.value, word) for word in words]
+    names, vault = engine.tokenizer(Kind.NAME.value), _Issued(engine.vault)
+    out = []
+    for word in words:
+        with contextlib.suppress(VaultMissError):
+            out.append(names.tokenize(word, key, vault).token)
+    return out
+
+
+class _Issued:
+    """A vault that answers with the tokens it holds and draws none: tokens of an older
+    key are looked up, never issued."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    def token_for(self, kind: str, value: str, key: DataKey, draw: Callable[[], str]) -> str:
+        return self.vault.token_for(kind, value, key, _no_draw)
+
+    def value_for(self, kind: str, token: str, keyring: Keyring) -> str:
+        return self.vault.value_for(kind, token, keyring)
+
+
+def _no_draw() -> str:
+    raise VaultMissError("no token of this value under this key version")
+
+
 async def _prefetch(engine: TokenEngine, store: Store | None, kind: str, values: list[str]) -> None:
     if store is None or not values:
         return
@@ -180,6 +241,7 @@ async def resolve_note(
 
     known: dict[int, set[str]] = {}  # key version -> name tokens in this note's reach
     real_names: list[str] = []
+    issued: set[int] = set()  # the versions the record's name tokens were issued under
     for name in names:
         rows = engine.registry.lookup(Kind.NAME.value, name)
         if not rows:
@@ -191,26 +253,31 @@ async def resolve_note(
             continue
         for row in rows:
             known.setdefault(row.version, set()).add(name)
+            issued.add(row.version)
     for word in words:
-        for row in engine.registry.lookup(Kind.NAME.value, word):
+        rows = engine.registry.lookup(Kind.NAME.value, word)
+        _one_value(engine, Kind.NAME, word, rows)
+        for row in rows:
             if row.method is Method.FF1:
                 known.setdefault(row.version, set()).add(word)
-    # The word tokens the response put in the note: tokens of the real names' words.
-    real_words = [w for w in name_words(real_names) if w not in names]
-    if real_words and store is not None and store.health.healthy:
-        try:
-            await store.vault.prefetch_values(Kind.NAME.value, real_words, active)
-        except DatabaseUnavailableError as exc:
-            store.health.report_failure(exc)
-    for word in real_words:
-        if _WORD.fullmatch(word) is None:
-            continue
-        token = engine.tokenize(Kind.NAME.value, word)
-        if token in note:
-            for row in engine.registry.lookup(Kind.NAME.value, token):
-                known.setdefault(row.version, set()).add(token)
+    # The word tokens the response put in the note: tokens of the real names' words, under
+    # the active key and under each key the record's names were issued under (a note
+    # tokenized before a rotation holds the old key's).
+    real_words = [
+        w for w in name_words(real_names) if w not in names and _WORD.fullmatch(w) is not None
+    ]
+    for version in sorted(issued | {active.version}):
+        for token in await _word_tokens(engine, store, real_words, version):
+            if token in note:
+                rows = engine.registry.lookup(Kind.NAME.value, token)
+                _one_value(engine, Kind.NAME, token, rows)
+                known.setdefault(version, set()).add(token)
+                for row in rows:
+                    known.setdefault(row.version, set()).add(token)
     for phone in phones:
-        for row in engine.registry.lookup(Kind.PHONE.value, phone):
+        rows = engine.registry.lookup(Kind.PHONE.value, phone)
+        _one_value(engine, Kind.PHONE, phone, rows)
+        for row in rows:
             known.setdefault(row.version, set())
     result = note
     for version in sorted(known, reverse=True):

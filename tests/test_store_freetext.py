@@ -1,0 +1,75 @@
+"""Notes coming back: their tokens resolved under the key version that issued them, and a
+token two versions issued for different values refused, never resolved by a guess."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from proxy.crypto.engine import AmbiguousTokenError, TokenEngine
+from proxy.crypto.keyring import DataKey, Keyring, KeyState
+from proxy.crypto.registry import MemoryRegistry
+from proxy.crypto.tokens import IssuedToken, Kind, Method
+from proxy.crypto.vault import MemoryVault
+from proxy.store.freetext import resolve_note
+
+NAME = "Budi Santoso"  # (a first name of four letters: its token comes from the vault)
+NOTE = "Called Budi back on +62 812-3456-7890 about the router."
+LONG_NAME = "Bambang Santoso"  # (seven: FF1)
+LONG_NOTE = "Called Bambang back on +62 812-3456-7890 about the router."
+
+
+def rotated_pair() -> tuple[TokenEngine, TokenEngine]:
+    """An engine on version 1, and one after a rotation to version 2 (1 decrypt-only),
+    sharing the vault and the registry."""
+    k1 = DataKey(1, secrets.token_bytes(32))
+    vault, registry = MemoryVault(), MemoryRegistry()
+    before = TokenEngine.standard(Keyring((k1,)), vault, registry)
+    after = TokenEngine.standard(
+        Keyring((k1.with_state(KeyState.DECRYPT_ONLY), DataKey(2, secrets.token_bytes(32)))),
+        vault,
+        registry,
+    )
+    return before, after
+
+
+@pytest.mark.parametrize("full_name, text", [(NAME, NOTE), (LONG_NAME, LONG_NOTE)])
+@pytest.mark.parametrize("version", [1, 2])
+async def test_a_note_resolves_under_the_version_that_issued_it(
+    version: int, full_name: str, text: str
+) -> None:
+    """A note saved back after a rotation resolves whole, whichever key tokenized it: the
+    old key's token of the record's first name included (a token left in it would be
+    stored as data)."""
+    before, after = rotated_pair()
+    issuer = before if version == 1 else after
+    name = issuer.tokenize(Kind.NAME.value, full_name)
+    note = issuer.tokenize_text(text, [full_name])
+    assert note != text and full_name.split()[0] not in note
+    assert await resolve_note(after, None, note, [name]) == text
+
+
+async def test_a_phone_token_two_versions_issued_in_a_note_is_refused() -> None:
+    """The old version's note holds the token of its phone; the new version issued the
+    same token for another phone. Resolving the note with the newest version first would
+    write that other phone into it: refused instead."""
+    before, after = rotated_pair()
+    name = before.tokenize(Kind.NAME.value, NAME)
+    note = before.tokenize_text(NOTE, [NAME])
+    phone = before.tokenize(Kind.PHONE.value, "+62 812-3456-7890")
+    assert phone in note
+    after.registry.record([IssuedToken(Kind.PHONE.value, phone, 2, Method.FF1)])
+    with pytest.raises(AmbiguousTokenError):
+        await resolve_note(after, None, note, [name])
+
+
+async def test_a_name_token_two_versions_issued_in_a_note_is_refused() -> None:
+    before, after = rotated_pair()
+    name = before.tokenize(Kind.NAME.value, LONG_NAME)
+    note = before.tokenize_text(LONG_NOTE, [LONG_NAME])
+    first = before.tokenize(Kind.NAME.value, "Bambang")  # the note's token of the first name
+    assert first in note
+    after.registry.record([IssuedToken(Kind.NAME.value, first, 2, Method.FF1)])
+    with pytest.raises(AmbiguousTokenError):
+        await resolve_note(after, None, note, [name])
