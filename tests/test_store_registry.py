@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import asyncpg
 import pytest
 from store_fixtures import *  # noqa: F403
@@ -197,3 +199,34 @@ async def test_ambiguous_token_is_refused(store_pool: asyncpg.Pool) -> None:
     engine = make_engine(other, vault, make_keyring(1, 2, active=2))
     with pytest.raises(AmbiguousTokenError):
         await resolve_many(engine, other, vault, KIND, ["9998887776"])
+
+
+async def test_a_new_version_never_issues_a_token_an_old_one_did(
+    store_pool: asyncpg.Pool,
+) -> None:
+    """Six-digit values (a domain of 10^6): 4,000 tokenized under version 1 by one proxy,
+    4,000 others under version 2 by another that caches nothing of the first's: about
+    sixteen of the second's FF1 tokens are tokens the first issued. Each of those values
+    takes its version's alternate token instead ('ff1-alt'), so every token of both
+    versions resolves, on a third proxy, to its own value: none is ambiguous."""
+    rng = random.Random(7)
+    values = [f"{n:06d}" for n in rng.sample(range(10**6), 8000)]
+    old_values, new_values = values[:4000], values[4000:]
+    reg_a, vault_a = PgTokenRegistry(store_pool), PgVault(store_pool)
+    v1 = make_engine(reg_a, vault_a, make_keyring(1))
+    old = await tokenize_durably(v1, reg_a, vault_a, KIND, old_values)
+    reg_b, vault_b = PgTokenRegistry(store_pool), PgVault(store_pool)
+    v2 = make_engine(reg_b, vault_b, make_keyring(1, 2, active=2))
+    new = await tokenize_durably(v2, reg_b, vault_b, KIND, new_values)
+    alternates = await store_pool.fetchval(
+        "SELECT count(*) FROM token_registry WHERE version = 2 AND method = 'ff1-alt'")
+    assert alternates >= 1  # (about 16; none at all has a chance of e^-16)
+    assert not set(old) & set(new)
+    reg_c, vault_c = PgTokenRegistry(store_pool), PgVault(store_pool)
+    reader = make_engine(reg_c, vault_c, make_keyring(1, 2, active=2))
+    resolved = await resolve_many(reader, reg_c, vault_c, KIND, [*old, *new])
+    assert [r.value for r in resolved] == old_values + new_values
+    # The same values again under version 2 (cache gone): the same tokens.
+    reg_d, vault_d = PgTokenRegistry(store_pool), PgVault(store_pool)
+    again = make_engine(reg_d, vault_d, make_keyring(1, 2, active=2))
+    assert await tokenize_durably(again, reg_d, vault_d, KIND, new_values) == new

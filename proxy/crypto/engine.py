@@ -1,8 +1,10 @@
 """The token engine: one keyring snapshot, the tokenizers of each kind, a vault and a registry.
 
 Both front ends and the CLI go through here. ``tokenize`` makes a token under the active key
-and records it in the registry; ``detokenize`` accepts only registered tokens, resolves them
-under the key version that issued them, and refuses a token two versions disagree on;
+and records it in the registry (a token the registry holds as another version's is not
+issued again: the value takes its version's alternate token, see `_unshared`);
+``detokenize`` accepts only registered tokens, resolves them under the key (version, and
+alternate or not) that issued them, and refuses a token two versions disagree on;
 ``resolve`` is what write-back uses: a registered token becomes its value, anything else is
 a value the agent typed and passes unchanged.
 
@@ -21,9 +23,9 @@ from proxy.crypto.names import NameTokenizer
 from proxy.crypto.phones import PhoneTokenizer
 from proxy.crypto.registry import TokenRegistry
 from proxy.crypto.text import TextTokenizer
-from proxy.crypto.tokens import IssuedToken, Kind, Tokenized, Tokenizer
-from proxy.crypto.vault import Vault
-from proxy.errors import InvalidInputError, KeyringError, NotATokenError
+from proxy.crypto.tokens import IssuedToken, Kind, Method, Tokenized, Tokenizer
+from proxy.crypto.vault import HeldOnly, Vault
+from proxy.errors import InvalidInputError, KeyringError, NotATokenError, VaultMissError
 
 CACHE_SIZE = 100_000
 
@@ -113,7 +115,7 @@ class TokenEngine:
             self._cache.move_to_end((kind, value))
             return cached.token
         key = self.keyring.active
-        result = self.tokenizer(kind).tokenize(value, key, self.vault)
+        result = self._unshared(kind, value, self.tokenizer(kind).tokenize(value, key, self.vault))
         self.registry.record(self._issued(kind, result, key.version))
         self._remember((kind, value), result)
         return result.token
@@ -147,6 +149,7 @@ class TokenEngine:
                 results: list[Tokenized] = batch(fresh, key, self.vault)
             else:
                 results = [tokenizer.tokenize(v, key, self.vault) for v in fresh]
+            results = [self._unshared(kind, v, r) for v, r in zip(fresh, results, strict=True)]
             issued: list[IssuedToken] = []
             for value, result in zip(fresh, results, strict=True):
                 issued.extend(self._issued(kind, result, key.version))
@@ -188,6 +191,8 @@ class TokenEngine:
                     f"{kind} token was issued under key version {row.version}, which is "
                     "retired or not loaded in this proxy: reload the record (or the keys)"
                 ) from None
+            if row.method is Method.ALTERNATE:
+                key = key.alternate
             try:
                 values.add(tokenizer.detokenize(token, key, self.vault))
             except NotATokenError as exc:
@@ -218,7 +223,52 @@ class TokenEngine:
         self._by_kind.get(kind, {}).pop(value, None)
         self.forgotten += 1
 
+    def candidates(self, kind: str, values: Sequence[str]) -> list[str]:
+        """The FF1 tokens the active key would give the values not cached yet, with no
+        vault token drawn and nothing recorded: what `_unshared` will look up (a caller
+        with a database loads their registry rows first). Empty with one key version."""
+        if len(self.keyring.keys) < 2:
+            return []
+        key, tokenizer, draws = self.keyring.active, self.tokenizer(kind), HeldOnly(self.vault)
+        out: list[str] = []
+        for value in dict.fromkeys(values):
+            if (kind, value) in self._cache:
+                continue
+            try:
+                result = tokenizer.tokenize(value, key, draws)
+            except (VaultMissError, InvalidInputError):
+                continue  # (a vault token: unique across versions; or nothing to issue)
+            if result.method is Method.FF1 and not result.pieces:
+                out += (result.token, tokenizer.tokenize(value, key.alternate, draws).token)
+        return out
+
     # -- internals ---------------------------------------------------------------------
+
+    def _unshared(self, kind: str, value: str, result: Tokenized) -> Tokenized:
+        """``result``, or the value's token under the active version's alternate key when
+        the registry holds ``result``'s token as another version's (or another method's):
+        two versions' FF1 are two permutations of one domain, and a token they both issued
+        could not be resolved (`AmbiguousTokenError`). Vault tokens are unique across
+        versions; a note's pieces are left as they are (refused when ambiguous)."""
+        if result.method is not Method.FF1 or result.pieces:
+            return result
+        key = self.keyring.active
+        if not self._taken(kind, result.token, key.version, Method.FF1):
+            return result
+        other = self.tokenizer(kind).tokenize(value, key.alternate, self.vault)
+        if other.method is not Method.FF1 or self._taken(
+            kind, other.token, key.version, Method.ALTERNATE
+        ):
+            return result  # (taken twice: not seen in practice; refused on write-back)
+        return Tokenized(other.token, Method.ALTERNATE)
+
+    def _taken(self, kind: str, token: str, version: int, method: Method) -> bool:
+        """Whether the registry holds ``token`` otherwise than as ``version``'s ``method``
+        (which, for a bijection, is the same value's)."""
+        return any(
+            row.version != version or row.method is not method
+            for row in self.registry.lookup(kind, token)
+        )
 
     @staticmethod
     def _issued(kind: str, result: Tokenized, version: int) -> list[IssuedToken]:

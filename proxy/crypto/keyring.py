@@ -82,6 +82,13 @@ class DataKey:
         """A copy of this key in another state."""
         return DataKey(self.version, self.material, state, self.created_at)
 
+    @cached_property
+    def alternate(self) -> DataKey:
+        """This version's second key (derived: nothing more to keep): its FF1 token of a
+        value stands in for the first key's when another version issued that token too
+        (`proxy.crypto.engine`)."""
+        return DataKey(self.version, self.subkey("alternate"), self.state, self.created_at)
+
 
 @dataclass(frozen=True)
 class Keyring:

@@ -24,6 +24,12 @@ class Method(StrEnum):
     FF1 = "ff1"
     VAULT = "vault"
     MIXED = "mixed"  # several pieces, some of each (digit runs of an unparseable phone)
+    ALTERNATE = "ff1-alt"  # FF1 under the version's alternate key (`DataKey.alternate`)
+
+    @property
+    def ciphered(self) -> bool:
+        """Made by FF1 alone (under either key of its version): no vault row behind it."""
+        return self is Method.FF1 or self is Method.ALTERNATE
 
 
 @dataclass(frozen=True, slots=True)

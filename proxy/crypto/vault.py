@@ -49,6 +49,26 @@ class Vault(Protocol):
         ...
 
 
+class HeldOnly:
+    """A vault's tokens as it holds them, none drawn: tokens looked up (an older key's, or
+    the ones a value would get), never issued."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    def token_for(self, kind: str, value: str, key: DataKey, draw: Callable[[], str]) -> str:
+        """The token held for the value under ``key``; VaultMissError if none."""
+        return self.vault.token_for(kind, value, key, _no_draw)
+
+    def value_for(self, kind: str, token: str, keyring: Keyring) -> str:
+        """See :meth:`Vault.value_for`."""
+        return self.vault.value_for(kind, token, keyring)
+
+
+def _no_draw() -> str:
+    raise VaultMissError("no token of this value is held under this key version")
+
+
 def fresh_token(
     kind: str, value: str, draw: Callable[[], str], taken: Callable[[str], bool]
 ) -> str:

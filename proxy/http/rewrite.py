@@ -55,7 +55,7 @@ from weakref import WeakKeyDictionary
 import structlog
 
 from proxy.crypto.engine import AmbiguousTokenError, TokenEngine, UnresolvableTokenError
-from proxy.crypto.tokens import Kind, Method
+from proxy.crypto.tokens import Kind
 from proxy.errors import InvalidInputError, TokenProxyError
 from proxy.policy.fields import DefaultFields
 from proxy.policy.records import FieldValue, Record, extract_records, json_value
@@ -556,7 +556,7 @@ class Rewriter:
             rows = engine.registry.lookup(kind.value, text)
             if not rows:
                 continue
-            if not vault_ok and any(r.method is not Method.FF1 for r in rows):
+            if not vault_ok and any(not r.method.ciphered for r in rows):
                 continue
             try:
                 result = engine.resolve(kind.value, text)

@@ -28,7 +28,6 @@ import structlog
 
 from proxy.crypto.engine import Resolution, TokenEngine
 from proxy.crypto.keyring import DataKey, Keyring, KeyState
-from proxy.crypto.tokens import Method
 from proxy.errors import KeyringError, NotATokenError, VaultMissError
 from proxy.store.db import (
     DEFAULT_TIMEOUT,
@@ -192,7 +191,10 @@ async def tokenize_durably(
     database is away). Front ends call this before any token leaves the proxy.
 
     1. (``prefetch``) load the vault tokens of the values, so that known short values are
-       not drawn again; skipped while the database is away.
+       not drawn again, and (with more than one key version) the registry rows of the
+       tokens the values would get (`TokenEngine.candidates`), so that a token another
+       version issued is seen and the value takes its alternate; skipped while the
+       database is away.
     2. tokenize; 3. write the vault's new rows: if any race was lost meanwhile (here or by a
        concurrent request whose cached token we reused), forget this call's values and
        tokenize again; 4. write the registry rows.
@@ -204,6 +206,9 @@ async def tokenize_durably(
     if prefetch and (health is None or health.healthy):
         try:
             await vault.prefetch_values(kind, values, engine.keyring.active)
+            candidates = engine.candidates(kind, values)
+            if candidates:
+                await registry.prefetch(kind, candidates)
         except DatabaseUnavailableError as exc:
             if health is not None:
                 health.report_failure(exc)
@@ -290,7 +295,7 @@ async def prefetch_tokens(
     tokenizer = engine.tokenizer(kind)
     for token in candidates:
         for row in registry.lookup(kind, token):
-            if row.method is Method.FF1:
+            if row.method.ciphered:
                 continue
             try:
                 key = engine.keyring.get(row.version)

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from proxy.crypto.engine import StaleTokenError, TokenEngine
-from proxy.crypto.keyring import DataKey, Keyring
-from proxy.crypto.tokens import IssuedToken, Kind, Method
-from proxy.crypto.vault import Vault
+from proxy.crypto.keyring import DataKey
+from proxy.crypto.tokens import IssuedToken, Kind
+from proxy.crypto.vault import HeldOnly
 from proxy.errors import KeyringError, TokenProxyError, VaultMissError
 from proxy.store.db import DatabaseUnavailableError
 from proxy.store.durable import MAX_SETTLE_ROUNDS, Store, prefetch_tokens
@@ -165,9 +165,9 @@ def _one_value(engine: TokenEngine, kind: Kind, token: str, rows: Sequence[Issue
 async def _word_tokens(
     engine: TokenEngine, store: Store | None, words: list[str], version: int
 ) -> list[str]:
-    """The tokens of name ``words`` under key ``version``: made (and recorded) under the
-    active key; under an older one, only those it issued (its vault is asked, never
-    drawn from)."""
+    """The tokens the text tokenizer gives name ``words`` under key ``version``, as they
+    are in a note (its vault asked, never drawn from: a word it holds no token of was not
+    tokenized in a note under that key)."""
     if not words:
         return []
     try:
@@ -179,32 +179,12 @@ async def _word_tokens(
             await store.vault.prefetch_values(Kind.NAME.value, words, key)
         except DatabaseUnavailableError as exc:
             store.health.report_failure(exc)
-    if version == engine.keyring.active.version:
-        return [engine.tokenize(Kind.NAME.value, word) for word in words]
-    names, vault = engine.tokenizer(Kind.NAME.value), _Issued(engine.vault)
+    names, vault = engine.tokenizer(Kind.NAME.value), HeldOnly(engine.vault)
     out = []
     for word in words:
         with contextlib.suppress(VaultMissError):
             out.append(names.tokenize(word, key, vault).token)
     return out
-
-
-class _Issued:
-    """A vault that answers with the tokens it holds and draws none: tokens of an older
-    key are looked up, never issued."""
-
-    def __init__(self, vault: Vault) -> None:
-        self.vault = vault
-
-    def token_for(self, kind: str, value: str, key: DataKey, draw: Callable[[], str]) -> str:
-        return self.vault.token_for(kind, value, key, _no_draw)
-
-    def value_for(self, kind: str, token: str, keyring: Keyring) -> str:
-        return self.vault.value_for(kind, token, keyring)
-
-
-def _no_draw() -> str:
-    raise VaultMissError("no token of this value under this key version")
 
 
 async def _prefetch(engine: TokenEngine, store: Store | None, kind: str, values: list[str]) -> None:
@@ -258,7 +238,7 @@ async def resolve_note(
         rows = engine.registry.lookup(Kind.NAME.value, word)
         _one_value(engine, Kind.NAME, word, rows)
         for row in rows:
-            if row.method is Method.FF1:
+            if row.method.ciphered:
                 known.setdefault(row.version, set()).add(word)
     # The word tokens the response put in the note: tokens of the real names' words, under
     # the active key and under each key the record's names were issued under (a note
