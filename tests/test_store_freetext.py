@@ -73,3 +73,21 @@ async def test_a_name_token_two_versions_issued_in_a_note_is_refused() -> None:
     after.registry.record([IssuedToken(Kind.NAME.value, first, 2, Method.FF1)])
     with pytest.raises(AmbiguousTokenError):
         await resolve_note(after, None, note, [name])
+
+
+async def test_a_fields_alternate_token_pasted_into_a_note_resolves_to_its_value() -> None:
+    """A phone whose plain token the old version issued for another phone gets its
+    version's alternate token; an agent pasting that token into the notes saves the
+    phone, resolved with the alternate key (the plain one would read another number)."""
+    _, after = rotated_pair()
+    phone = "+62 812-3456-7890"
+    k2 = after.keyring.active
+    plain = after.tokenizer(Kind.PHONE.value).tokenize(phone, k2, after.vault).token
+    after.registry.record([IssuedToken(Kind.PHONE.value, plain, 1, Method.FF1)])
+    token = after.tokenize(Kind.PHONE.value, phone)
+    assert token != plain
+    assert [r.method for r in after.registry.lookup(Kind.PHONE.value, token)] == [
+        Method.ALTERNATE]
+    name = after.tokenize(Kind.NAME.value, NAME)
+    typed = f"New number: {token}, call after six."
+    assert await resolve_note(after, None, typed, [name]) == f"New number: {phone}, call after six."

@@ -27,7 +27,8 @@ proxy put them, and a format-preserving token looks like any text, so only token
 - the phone spans of the note that the registry knows as phone tokens.
 
 Everything else in the note is what the agent typed and passes unchanged. Resolution runs
-once per key version the note's candidate tokens were issued under (newest first). A
+once per key the note's candidate tokens were issued under (newest version first; a
+version's alternate key for a field's alternate token pasted into the note). A
 candidate that two versions issued for different values (FF1 under two keys: two
 permutations of one domain) is refused (`AmbiguousTokenError`): which version put it in the
 note cannot be told, and the newest could write another customer's value into it.
@@ -47,7 +48,7 @@ from typing import Any
 
 from proxy.crypto.engine import StaleTokenError, TokenEngine
 from proxy.crypto.keyring import DataKey
-from proxy.crypto.tokens import IssuedToken, Kind
+from proxy.crypto.tokens import IssuedToken, Kind, Method
 from proxy.crypto.vault import HeldOnly
 from proxy.errors import KeyringError, TokenProxyError, VaultMissError
 from proxy.store.db import DatabaseUnavailableError
@@ -140,18 +141,27 @@ class _Recorder:
         return False
 
 
-class _Registered:
-    """A ``known_phone_tokens`` backed by the registry rows of one key version."""
+_Pass = tuple[int, bool]  # a key version, and its alternate key or not
 
-    def __init__(self, engine: TokenEngine, version: int) -> None:
+
+def _pass(row: IssuedToken) -> _Pass:
+    """The key that resolves ``row``'s token: its version's, or that version's alternate
+    (a field's token pasted into the note may be one)."""
+    return row.version, row.method is Method.ALTERNATE
+
+
+class _Registered:
+    """A ``known_phone_tokens`` backed by the registry rows of one key (`_Pass`)."""
+
+    def __init__(self, engine: TokenEngine, key: _Pass) -> None:
         self.engine = engine
-        self.version = version
+        self.key = key
 
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, str):
             return False
         rows = self.engine.registry.lookup(Kind.PHONE.value, item)
-        return any(r.version == self.version for r in rows)
+        return any(_pass(r) == self.key for r in rows)
 
 
 def _one_value(engine: TokenEngine, kind: Kind, token: str, rows: Sequence[IssuedToken]) -> None:
@@ -219,7 +229,7 @@ async def resolve_note(
     await _prefetch(engine, store, Kind.NAME.value, list(dict.fromkeys(names + words)))
     await _prefetch(engine, store, Kind.PHONE.value, phones)
 
-    known: dict[int, set[str]] = {}  # key version -> name tokens in this note's reach
+    known: dict[_Pass, set[str]] = {}  # key -> name tokens in this note's reach
     real_names: list[str] = []
     issued: set[int] = set()  # the versions the record's name tokens were issued under
     for name in names:
@@ -232,14 +242,14 @@ async def resolve_note(
         except TokenProxyError:
             continue
         for row in rows:
-            known.setdefault(row.version, set()).add(name)
+            known.setdefault(_pass(row), set()).add(name)
             issued.add(row.version)
     for word in words:
         rows = engine.registry.lookup(Kind.NAME.value, word)
         _one_value(engine, Kind.NAME, word, rows)
         for row in rows:
             if row.method.ciphered:
-                known.setdefault(row.version, set()).add(word)
+                known.setdefault(_pass(row), set()).add(word)
     # The word tokens the response put in the note: tokens of the real names' words, under
     # the active key and under each key the record's names were issued under (a note
     # tokenized before a rotation holds the old key's).
@@ -251,16 +261,16 @@ async def resolve_note(
             if token in note:
                 rows = engine.registry.lookup(Kind.NAME.value, token)
                 _one_value(engine, Kind.NAME, token, rows)
-                known.setdefault(version, set()).add(token)
+                known.setdefault((version, False), set()).add(token)
                 for row in rows:
-                    known.setdefault(row.version, set()).add(token)
+                    known.setdefault(_pass(row), set()).add(token)
     for phone in phones:
         rows = engine.registry.lookup(Kind.PHONE.value, phone)
         _one_value(engine, Kind.PHONE, phone, rows)
         for row in rows:
-            known.setdefault(row.version, set())
+            known.setdefault(_pass(row), set())
     result = note
-    for version in sorted(known, reverse=True):
+    for version, alternate in sorted(known, reverse=True):
         try:
             key: DataKey = engine.keyring.get(version)
         except KeyringError:
@@ -270,9 +280,9 @@ async def resolve_note(
             ) from None
         result = tokenizer.detokenize(
             result,
-            key,
+            key.alternate if alternate else key,
             engine.vault,
-            sorted(known[version]),
-            _Registered(engine, version),
+            sorted(known[version, alternate]),
+            _Registered(engine, (version, alternate)),
         )
     return result
