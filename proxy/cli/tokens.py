@@ -119,7 +119,8 @@ def detokenize(
     Every line must be a token: the first line that is not fails the command, and nothing
     is printed. With --database, only tokens the proxy issued are tokens, each resolved
     under the key version that made it; without, every line is taken for a token of
-    --key-version.
+    --key-version's first key (a token made under a version's alternate key, which a
+    value takes when the first one's token was another version's, needs --database).
     """
     keyring = _keyring(keys_dir, kek_file)
     if database_url:

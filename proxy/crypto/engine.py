@@ -226,7 +226,9 @@ class TokenEngine:
     def candidates(self, kind: str, values: Sequence[str]) -> list[str]:
         """The FF1 tokens the active key would give the values not cached yet, with no
         vault token drawn and nothing recorded: what `_unshared` will look up (a caller
-        with a database loads their registry rows first). Empty with one key version."""
+        with a database loads their registry rows first). Empty with one key version.
+        (An alternate token's rows are not asked for: another proxy's row of it is the
+        same value's, and any other would be a collision of two collisions.)"""
         if len(self.keyring.keys) < 2:
             return []
         key, tokenizer, draws = self.keyring.active, self.tokenizer(kind), HeldOnly(self.vault)
@@ -239,7 +241,7 @@ class TokenEngine:
             except (VaultMissError, InvalidInputError):
                 continue  # (a vault token: unique across versions; or nothing to issue)
             if result.method is Method.FF1 and not result.pieces:
-                out += (result.token, tokenizer.tokenize(value, key.alternate, draws).token)
+                out.append(result.token)
         return out
 
     # -- internals ---------------------------------------------------------------------
