@@ -83,9 +83,9 @@ ACCEPTABLE = ("http-502", "http-503", "http-504", "http-conn", "pg-57P03", "pg-c
               "pg-08006", "pg-08001", "pg-57P01")
 # After a rotation the new key's token of one value may be the old key's token of another
 # (FF1 under two keys: two permutations of one domain; one rotation in 10 to 30 here, by a
-# phone). The fields' tokens take the new version's alternate then, but a note's pieces
-# do not: a save that sends such a note back is refused, never guessed. Fail closed, not
-# an error of the soak's making, and counted apart.
+# phone). The value then takes its version's alternate token; only a token issued where
+# the old one could not be seen (the state database away) stays ambiguous, and a save
+# that sends it back is refused, never guessed: fail closed, counted apart.
 AMBIGUOUS = "-ambiguous-token"
 COLS = "id, full_name, phone, notes, email, city"
 SELECT_ONE = f"SELECT {COLS} FROM customers WHERE id = $1"

@@ -91,3 +91,19 @@ async def test_a_fields_alternate_token_pasted_into_a_note_resolves_to_its_value
     name = after.tokenize(Kind.NAME.value, NAME)
     typed = f"New number: {token}, call after six."
     assert await resolve_note(after, None, typed, [name]) == f"New number: {phone}, call after six."
+
+
+async def test_a_note_of_a_phone_whose_plain_token_is_taken_resolves() -> None:
+    """After a rotation, a phone whose new plain token the old version issued for another
+    phone: the note's piece takes the same alternate token as the field, and the note
+    saved back resolves whole, the phone included."""
+    _, after = rotated_pair()
+    phone = "+62 812-3456-7890"
+    plain = after.tokenizer(Kind.PHONE.value).tokenize(phone, after.keyring.active,
+                                                        after.vault).token
+    after.registry.record([IssuedToken(Kind.PHONE.value, plain, 1, Method.FF1)])
+    field = after.tokenize(Kind.PHONE.value, phone)
+    name = after.tokenize(Kind.NAME.value, NAME)
+    note = after.tokenize_text(NOTE, [NAME])
+    assert field != plain and field in note and plain not in note
+    assert await resolve_note(after, None, note, [name]) == NOTE

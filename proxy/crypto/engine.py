@@ -166,7 +166,7 @@ class TokenEngine:
         if not isinstance(text, TextTokenizer):
             raise InvalidInputError("this engine has no free-text tokenizer")
         key = self.keyring.active
-        result = text.tokenize(value, key, self.vault, known_names=known_names)
+        result = text.tokenize(value, key, self.vault, known_names, self._unshared)
         self.registry.record(self._issued(Kind.TEXT, result, key.version))
         return result.token
 
@@ -251,7 +251,7 @@ class TokenEngine:
         the registry holds ``result``'s token as another version's (or another method's):
         two versions' FF1 are two permutations of one domain, and a token they both issued
         could not be resolved (`AmbiguousTokenError`). Vault tokens are unique across
-        versions; a note's pieces are left as they are (refused when ambiguous)."""
+        versions. (A note's pieces too: `tokenize_text`.)"""
         if result.method is not Method.FF1 or result.pieces:
             return result
         key = self.keyring.active

@@ -68,7 +68,7 @@ the proxy layer's decision.
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 from phonenumbers import Leniency, PhoneNumberMatcher
@@ -308,9 +308,16 @@ class TextTokenizer:
     # -- public API --------------------------------------------------------------------
 
     def tokenize(
-        self, value: str, key: DataKey, vault: Vault, known_names: Sequence[str] = ()
+        self,
+        value: str,
+        key: DataKey,
+        vault: Vault,
+        known_names: Sequence[str] = (),
+        piece: Callable[[str, str, Tokenized], Tokenized] | None = None,
     ) -> Tokenized:
-        """The note with its phones, known names and phone fragments tokenized."""
+        """The note with its phones, known names and phone fragments tokenized (``piece``:
+        given each piece's kind, text and token, the token to put in its place: the
+        engine's, when another key version issued the same one)."""
         phones = [
             cuts[0] for cuts in self._phone_spans(value) if not _only_dates(cuts[0].text)
         ]
@@ -322,7 +329,10 @@ class TextTokenizer:
         def phone(span: _Span) -> None:
             done = phone_memo.get(span.text)
             if done is None:
-                done = phone_memo[span.text] = self.phones.tokenize(span.text, key, vault)
+                done = self.phones.tokenize(span.text, key, vault)
+                if piece is not None:
+                    done = piece(Kind.PHONE, span.text, done)
+                phone_memo[span.text] = done
             issued[(Kind.PHONE, done.token)] = IssuedToken(
                 Kind.PHONE, done.token, key.version, done.method
             )
@@ -337,7 +347,10 @@ class TextTokenizer:
             for span in found:
                 done = name_memo.get(span.text)
                 if done is None:
-                    done = name_memo[span.text] = self.names.tokenize(span.text, key, vault)
+                    done = self.names.tokenize(span.text, key, vault)
+                    if piece is not None:
+                        done = piece(Kind.NAME, span.text, done)
+                    name_memo[span.text] = done
                 issued[(Kind.NAME, done.token)] = IssuedToken(
                     Kind.NAME, done.token, key.version, done.method
                 )
