@@ -175,9 +175,11 @@ def _one_value(engine: TokenEngine, kind: Kind, token: str, rows: Sequence[Issue
 async def _word_tokens(
     engine: TokenEngine, store: Store | None, words: list[str], version: int
 ) -> list[str]:
-    """The tokens the text tokenizer gives name ``words`` under key ``version``, as they
-    are in a note (its vault asked, never drawn from: a word it holds no token of was not
-    tokenized in a note under that key)."""
+    """The plain tokens the text tokenizer gives name ``words`` under key ``version``, as
+    they are in a note (its vault asked, never drawn from: a word it holds no token of was
+    not tokenized in a note under that key). A piece that took its version's alternate
+    token instead is an FF1 word of 5 letters or more, found registered, or the record's
+    own name field's token."""
     if not words:
         return []
     try:

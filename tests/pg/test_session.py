@@ -926,7 +926,7 @@ async def test_a_token_two_key_versions_issued_for_different_values_is_refused(
     engine = env.ctx.engine()
     old = engine.keyring.active
     rotated = TokenEngine.standard(
-        Keyring((DataKey(old.version, old.material, KeyState.DECRYPT_ONLY),
+        Keyring((old.with_state(KeyState.DECRYPT_ONLY),
                  DataKey(old.version + 1, secrets.token_bytes(32)))),
         engine.vault,
         MemoryRegistry(),  # (not the session's: its rows stay as they are)
