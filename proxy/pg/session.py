@@ -126,6 +126,7 @@ _DATA_ROW, _COPY_DATA = 0x44, 0x64  # the type bytes of the messages taken in ru
 _COPY_UNREADABLE = error("0A000", "a COPY row could not be read; the COPY was cut")
 _LENGTH_FROM = struct.Struct("!i").unpack_from
 _HEADER_FROM = struct.Struct("!Bi").unpack_from
+_QUERY = 0x51  # a simple Query's type byte
 # What planning a result gives: the bytes of a cut (none: planned), or a coroutine giving
 # them when the catalog must reload first.
 Planning = list[bytes] | Coroutine[Any, Any, list[bytes]]
@@ -432,9 +433,17 @@ class Session:
         return Query(REFUSED_SQL).encode()
 
     def _query(self, msg: Query) -> Handled:
-        now = self.gate.analyze_now(msg.sql)
+        wire = msg.wire()
+        sent = self._query_now(msg.sql, wire)
+        return self._query_later(msg) if sent is None else sent
+
+    def _query_now(self, sql: str, wire: bytes) -> bytes | None:
+        """`_query` of the Query ``wire`` (its text ``sql``) when it needs no I/O: the
+        bytes to send on, its expectation queued; None, with nothing changed, when it
+        does (an analysis or catalog to load, tokens in it to resolve, a check to make)."""
+        now = self.gate.analyze_now(sql)
         if now is None or not all(s.plain for s in now[0].statements):
-            return self._query_later(msg)
+            return None
         analysis, snapshot = now
         ticket = self.gate.ticket(analysis)
         self.copy_in = None
@@ -448,7 +457,7 @@ class Session:
             shared = all(s.fetch is None and s.execute is None for s in analysis.statements)
             self._last_query = (analysis, snapshot, ticket, runs) if shared else None
         self.expect.append(_Expect("query", runs=runs))
-        return msg.wire()
+        return wire
 
     async def _query_later(self, msg: Query) -> bytes:
         try:
@@ -616,10 +625,26 @@ class Session:
         take its handler's usual path (the client pump's ``whole``)."""
         if self._alone:  # (a batch declined is still on its way, message by message)
             return None
+        if data[0] == _QUERY:
+            return self._whole_query(data)
         end = self._batch_at(data, 0)
         if end is None:
             return None
         return (data if end == len(data) else data[:end]), end
+
+    def _whole_query(self, data: bytes) -> Taken | None:
+        """`whole_batch` of a read that is one whole simple Query (what psql and clients
+        that bind values themselves send, one a read): `_query_now` of its text, with no
+        message decoded. None when it is not exactly one well-formed Query (the decoder
+        then reads it, with its errors), or needs I/O."""
+        n = len(data)
+        if n < 6 or data.find(0, 5) != n - 1:  # (its text ends the read, with no NUL in it)
+            return None
+        (size,) = _LENGTH_FROM(data, 1)
+        if size != n - 1 or not self.est.client_decoder.fits(_QUERY, size):
+            return None
+        sent = self._query_now(data[5:-1].decode("utf-8", "surrogateescape"), data)
+        return None if sent is None else (sent, n)
 
     def take_batch(self) -> Handled | None:
         """`whole_batch` of the bytes buffered (the client pump's ``take``); None: the

@@ -1,7 +1,7 @@
 """Python cost of a point select through a live session (not a test; run it by hand):
 
-    .venv/bin/python tests/pg/bench_session.py [--prepared] [--rounds 100] [--opcodes]
-        [--customers 100000]
+    .venv/bin/python tests/pg/bench_session.py [--prepared | --simple] [--rounds 100]
+        [--opcodes] [--customers 100000]
 
 A real session (tokenproxy's PostgreSQL front end before the embedded PostgreSQL of the
 suite, `session_env`) serves a psycopg client; one ``SELECT id, full_name, phone FROM
@@ -9,8 +9,10 @@ customers WHERE id = $1`` exchange is recorded (what the client sent in one netw
 what the server answered in one), then replayed into the session's two pumps again and
 again, with what they would send thrown away. So it measures the session's Python work a
 query (decoding, the handlers, the rows' rewrite; the same messages as ``pgbench -M
-extended``, or ``-M prepared`` with ``--prepared``) without sockets, system calls or the
-event loop: CPU time of this thread, best of ``--rounds`` rounds of 2,000 queries.
+extended``, ``-M prepared`` with ``--prepared``, ``-M simple`` with ``--simple``: the id
+written in the text, as psycopg's client-side binding cursor sends it) without sockets,
+system calls or the event loop: CPU time of this thread, best of ``--rounds`` rounds of
+2,000 queries.
 ``--opcodes`` also counts the bytecodes a query runs, by function (a steadier figure on a
 noisy machine, though not the whole cost: C calls and cache misses are not counted).
 
@@ -34,6 +36,7 @@ import random
 import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -112,13 +115,18 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
         conn = await psycopg.AsyncConnection.connect(env.dsn, autocommit=True)
         if args.customers:
             await conn.execute("SELECT id, full_name, phone FROM customers")  # (every token)
+        ask = (
+            psycopg.AsyncClientCursor(conn).execute
+            if args.simple
+            else partial(conn.execute, prepare=args.prepared)
+        )
         for _ in range(3):  # warm: analysis, plan, tokens, memos
-            await conn.execute(SQL, (1,), prepare=args.prepared)
+            await ask(SQL, (1,))
         client, server = recorder.links[-2], recorder.links[-1]
         exchanges: list[tuple[bytes, bytes]] = []
         for customer in ids:
             recorder.received.clear()
-            await conn.execute(SQL, (customer,), prepare=args.prepared)
+            await ask(SQL, (customer,))
             exchanges.append((recorder.of(client), recorder.of(server)))
         clock, outbox = time.thread_time, Flushed()
         for link in (client, server):
@@ -157,7 +165,7 @@ async def bench(dsn: str, args: argparse.Namespace) -> None:
         warm = len(exchanges) if args.customers else QUERIES
         first = await replay(warm)
         assert not (session.expect or session._client.stopped or session._server.stopped)
-        mode = "-M prepared" if args.prepared else "-M extended"
+        mode = "-M simple" if args.simple else "-M prepared" if args.prepared else "-M extended"
         if args.customers:
             print(f"{mode}: {first / warm * 1e6:.1f} us of Python a query, a first"
                   f" pass over {warm:,} rows")
@@ -204,7 +212,9 @@ async def add_customers(dsn: str, count: int) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prepared", action="store_true", help="as pgbench -M prepared")
+    protocol = parser.add_mutually_exclusive_group()
+    protocol.add_argument("--prepared", action="store_true", help="as pgbench -M prepared")
+    protocol.add_argument("--simple", action="store_true", help="as pgbench -M simple")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--opcodes", action="store_true")
     parser.add_argument("--customers", type=int, default=0, help="replay this many rows")

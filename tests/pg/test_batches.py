@@ -7,6 +7,7 @@ through a session, a batch taken whole must answer exactly as message by message
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -742,7 +743,9 @@ async def test_simple_queries_answered_whole_as_message_by_message(
     assert taken["answer"] >= 3 * len(SEED) - 2
     audited = "SELECT count(*) FROM audit_log WHERE ticket = $1 AND action = 'reveal'"
     assert await env.pool.fetchval(audited, ticket) == 3
+    assert taken["batch"] >= 3 * len(SEED)  # (the Queries, taken whole too)
     no_whole_answers(monkeypatch)
+    message_by_message(monkeypatch)
     assert await simple_queries(env, texts) == whole
     assert await env.pool.fetchval(audited, ticket) == 6
     env.assert_no_leak(mark, except_ids=[2])
@@ -770,6 +773,53 @@ async def test_simple_queries_answered_whole_as_message_by_message(
     assert rows(at + 14) == rows(at + 15) == rows(at + 17)
     assert rows(at + 19) == rows(at + 20) == [(b"1", SEED[0].email.encode())]
     assert rows(at + 23) == rows(at + 24) == [(b"1", rows(0)[0][1])]  # (customer 1's token)
+
+
+def query_frame(body: bytes, size: int | None = None) -> bytes:
+    """A Query frame of ``body`` (its text and NUL, as is), declaring ``size`` if given."""
+    return b"Q" + (len(body) + 4 if size is None else size).to_bytes(4, "big") + body
+
+
+async def test_only_one_whole_query_a_read_is_taken_undecoded(
+    env: PgEnv, taken: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that is exactly one well-formed Query is handled without decoding it; any
+    other read beginning with a Query goes through the decoder, as before: the client
+    receives the same messages either way (the decoder's errors included)."""
+    point = Query(TEXT_POINT.format(2)).encode()
+    cases: list[tuple[list[bytes], int]] = [  # (the reads sent, the ReadyForQuery awaited)
+        ([point] * 3, 3),  # (the first may wait for the catalog: the others not)
+        ([point + point], 2),  # two in one read
+        ([point[:9], point[9:]], 1),  # one over two reads
+        ([query_frame(b"SELECT 1\0x\0")], 0),  # a NUL in its text: refused, closed
+        ([query_frame(b"SELECT 1\0", 9)], 0),  # a length that does not match its text
+        ([query_frame(b"SELECT 1\0") + b"Q"], 1),  # the next message begun
+        ([query_frame(b"\0")], 1),  # no statement at all
+    ]
+
+    async def answers() -> list[list[Any]]:
+        out = []
+        for reads, readies in cases:
+            async with RawSession.open(env) as raw:
+                for data in reads:
+                    raw.send(data)
+                    await raw.writer.drain()
+                    await asyncio.sleep(0.02)
+                seen: list[Any] = []
+                while sum(isinstance(m, ReadyForQuery) for m in seen) < readies:
+                    seen += await raw.until_ready()  # (two may come in one read)
+                out.append(seen if readies else await raw.until_closed())
+        return out
+
+    whole = await answers()
+    assert taken["batch"] >= 2
+    assert [type(m) for m in whole[0]] == [RowDescription, DataRow, CommandComplete,
+                                           ReadyForQuery] * 3
+    assert len(rows_of(whole[1])) == 2 and len(rows_of(whole[2])) == 1
+    for closed in whole[3:5]:
+        assert [type(m) for m in closed] == [ErrorResponse]
+    message_by_message(monkeypatch)
+    assert await answers() == whole
 
 
 async def test_a_ticket_set_by_the_extended_protocol_between_simple_queries(
