@@ -442,20 +442,23 @@ class Session:
         bytes to send on, its expectation queued; None, with nothing changed, when it
         does (an analysis or catalog to load, tokens in it to resolve, a check to make)."""
         now = self.gate.analyze_now(sql)
-        if now is None or not all(s.plain for s in now[0].statements):
+        if now is None:
             return None
         analysis, snapshot = now
         ticket = self.gate.ticket(analysis)
-        self.copy_in = None
         last = self._last_query  # (a client sends one statement again and again, most often)
         if last is not None and last[0] is analysis and last[1] is snapshot and last[2] == ticket:
-            runs = last[3]
+            runs = last[3]  # (its statements plain: checked the first time)
+        elif not all(s.plain for s in analysis.statements):
+            return None
         else:
             runs = [self._run(s, {}, ticket, snapshot) for s in analysis.statements]
             # Shared by the next Query of this analysis unless a run looks up the
             # outputs of the session's cursor or statement it runs (FETCH, EXECUTE).
             shared = all(s.fetch is None and s.execute is None for s in analysis.statements)
             self._last_query = (analysis, snapshot, ticket, runs) if shared else None
+        if self._copying is not None:
+            self.copy_in = None
         self.expect.append(_Expect("query", runs=runs))
         return wire
 
