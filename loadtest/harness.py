@@ -470,6 +470,9 @@ class RoundResult:
     errors: int
     cpu_us_per_request: float  # the target process's utime+stime delta over requests
     peak_rss_mib: float  # VmHWM of the target process after the step
+    # Every core's busy time over requests (`procstat.machine_busy_seconds`): the client,
+    # the database and the target together; what bounds throughput when the cores are full.
+    machine_us_per_request: float = math.nan
 
 
 @dataclass
@@ -483,6 +486,7 @@ class Summary:
     peak_rss_mib: float
     errors: int
     requests: int
+    machine_us_per_request: float = math.nan
 
 
 @dataclass
@@ -503,7 +507,9 @@ class ScenarioReport:
     reference_ratios: dict[str, dict[str, float]] = field(default_factory=dict)  # "a / ref"
 
 
-RATIO_FIELDS = ("requests_per_s", "p50_ms", "p99_ms", "cpu_us_per_request")
+RATIO_FIELDS = (
+    "requests_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "machine_us_per_request"
+)
 
 
 def summarize(rounds: list[RoundResult]) -> Summary:
@@ -515,6 +521,7 @@ def summarize(rounds: list[RoundResult]) -> Summary:
         peak_rss_mib=max(r.peak_rss_mib for r in rounds),
         errors=sum(r.errors for r in rounds),
         requests=sum(r.requests for r in rounds),
+        machine_us_per_request=statistics.median(r.machine_us_per_request for r in rounds),
     )
 
 
@@ -536,7 +543,9 @@ def measure(scenario: Scenario, target: Target, spec: LoadSpec) -> RoundResult:
     scenario.before_round(target, spec)
     pid = target.pid  # after before_round: a restart changes it
     cpu = procstat.cpu_seconds(pid) if target.measured else math.nan
+    busy = procstat.machine_busy_seconds()
     result = scenario.load(target, spec)
+    busy = procstat.machine_busy_seconds() - busy
     cpu = procstat.cpu_seconds(pid) - cpu if target.measured else math.nan
     return RoundResult(
         target=target.name,
@@ -549,13 +558,15 @@ def measure(scenario: Scenario, target: Target, spec: LoadSpec) -> RoundResult:
         errors=result.errors,
         cpu_us_per_request=cpu / max(1, result.requests) * 1e6,
         peak_rss_mib=procstat.peak_rss_kib(pid) / 1024 if target.measured else math.nan,
+        machine_us_per_request=busy / max(1, result.requests) * 1e6,
     )
 
 
 def _line(r: RoundResult, phase: str) -> str:
     return (f"  {phase:<5} {r.target:<14} c={r.connections:<3} {r.requests_per_s:9.1f} req/s"
             f"  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_request:6.0f}"
-            f" us/req  rss {r.peak_rss_mib:6.1f} MiB"
+            f" us/req  machine {r.machine_us_per_request:6.0f} us/req"
+            f"  rss {r.peak_rss_mib:6.1f} MiB"
             + (f"  errors {r.errors}" if r.errors else ""))
 
 
@@ -633,7 +644,7 @@ def format_report(reports: list[ScenarioReport], info: dict[str, Any]) -> str:
         f"command: {info['command']}",
         "",
         f"{'scenario':<{sw}} {'target':<{w}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'cpu us/req':>10} {'peak RSS':>9} {'errors':>6}",
+        f" {'cpu us/req':>10} {'peak RSS':>9} {'errors':>6} {'machine us/req':>14}",
     ]
     for rep in reports:
         for name in (rep.baseline, rep.candidate, *rep.references):
@@ -642,19 +653,22 @@ def format_report(reports: list[ScenarioReport], info: dict[str, Any]) -> str:
                 f"{rep.scenario:<{sw}} {name:<{w}} {_fmt(s.requests_per_s, '.1f', 9)}"
                 f" {_fmt(s.p50_ms, '.2f', 8)} {_fmt(s.p99_ms, '.2f', 8)}"
                 f" {_fmt(s.cpu_us_per_request, '.0f', 10)} {_fmt(s.peak_rss_mib, '.0f', 6)} MiB"
-                f" {s.errors:>6}"
+                f" {s.errors:>6} {_fmt(s.machine_us_per_request, '.0f', 14)}"
             )
         ratios = {"ratio": rep.ratios, **rep.reference_ratios}
         for label, r in ratios.items():
             lines.append(
                 f"{'':<{sw}} {label:<{w}} {_fmt(r['requests_per_s'], '.1%', 9)}"
                 f" {_fmt(r['p50_ms'], '.2f', 7)}x {_fmt(r['p99_ms'], '.2f', 7)}x"
-                f" {_fmt(r['cpu_us_per_request'], '.2f', 9)}x"
+                f" {_fmt(r['cpu_us_per_request'], '.2f', 9)}x {'':>9} {'':>6}"
+                f" {_fmt(r['machine_us_per_request'], '.2f', 13)}x"
             )
     lines.append(
         "\nmedians over the rounds; ratio = tokenproxy / baseline, the median of the"
         " per-round ratios\n(req/s: share of the baseline's throughput; latency and CPU per"
-        " request: times the baseline's); 'a / ref': the same against a reference target"
+        " request: times the baseline's); 'a / ref': the same against a reference target;"
+        "\nmachine us/req: every core's busy time a request (client, database, target"
+        " together)"
     )
     for rep in reports:
         for key, value in rep.notes.items():

@@ -19,6 +19,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15)
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every core of this machine has spent busy so far (user, nice, system, irq,
+    softirq: not idle, I/O wait, or time the hypervisor gave to other machines): what the
+    load generator, the database and the proxy used together, other processes included."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()  # "cpu  user nice system idle iowait irq softirq steal"
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
+    return (user + nice + system + irq + softirq) / _TICKS
+
+
 def _status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):

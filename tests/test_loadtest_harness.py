@@ -49,9 +49,11 @@ def test_wrk_output_is_read() -> None:
 
 
 def test_procstat_reads_this_process() -> None:
-    before = procstat.cpu_seconds(os.getpid())
+    before, busy = procstat.cpu_seconds(os.getpid()), procstat.machine_busy_seconds()
     sum(i * i for i in range(300_000))  # some CPU time
-    assert procstat.cpu_seconds(os.getpid()) > before
+    spent = procstat.cpu_seconds(os.getpid()) - before
+    assert spent > 0
+    assert procstat.machine_busy_seconds() - busy >= spent - 0.02  # (ticks of 10 ms)
     assert procstat.peak_rss_kib(os.getpid()) >= procstat.rss_kib(os.getpid()) > 1000
     assert procstat.open_fds(os.getpid()) >= 3
 
@@ -95,8 +97,9 @@ def test_a_tiny_run_writes_json_and_a_plot(tmp_path: Path) -> None:
         assert m["requests_per_s"] > 0 and m["requests"] > 0 and m["errors"] == 0
         assert 0 < m["p50_ms"] <= m["p99_ms"]
         assert m["cpu_us_per_request"] > 0 and m["peak_rss_mib"] > 10
+        assert m["machine_us_per_request"] > 0.8 * m["cpu_us_per_request"]  # (its own too)
     assert set(scenario["ratios"]) == {"requests_per_s", "p50_ms", "p99_ms",
-                                       "cpu_us_per_request"}
+                                       "cpu_us_per_request", "machine_us_per_request"}
     assert scenario["problems"] == []
     png = plots / "http-record.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

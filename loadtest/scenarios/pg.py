@@ -212,6 +212,9 @@ class PgPoint(PgScenario):
                                                                   report.candidate)}
         self.notes["CPU per query (/proc)"] = ", ".join(f"{n} {v:.0f} us"
                                                          for n, v in cpu.items())
+        machine = {n: s.machine_us_per_request for n, s in report.medians.items()}
+        self.notes["machine CPU per query (pgbench, database, proxy)"] = ", ".join(
+            f"{n} {v:.0f} us" for n, v in machine.items())
 
 
 class PgPointPrepared(PgPoint):

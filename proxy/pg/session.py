@@ -11,7 +11,7 @@ takes the general path. A whole batch of a shape seen before (Parse, Bind, Descr
 Execute, Sync) and its whole answer are taken in one step when each of their messages
 would take its handler's usual path (`proxy.pg.batches`): straight from the read that
 brings them (`whole_batch`, `whole_answer`), or from the bytes buffered (`take_batch`,
-`take_answer`).
+`take_answer`); so are a read that is one simple Query and its answer.
 
 A refused statement never reaches the database. It is replaced by a message the server
 is sure to reject (a Parse or Query of text that does not parse, a Bind of a statement
