@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--quick", action="store_true", help="a short soak (60 s by default)")
     k.add_argument("--json", type=Path, help="also write the table here")
     s = sub.add_parser("_serve", help=argparse.SUPPRESS)  # the harness's own servers
-    s.add_argument("what", choices=["upstream", "passthrough"])
+    s.add_argument("what", choices=["upstream", "passthrough", "pg-relay"])
     s.add_argument("port", type=int)
     s.add_argument("arg")
     return parser
@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.what == "upstream":
             _run_uvloop(serve_upstream(args.port, int(args.arg)))
+        elif args.what == "pg-relay":
+            from loadtest.pg_relay import serve_pg_relay
+
+            _run_uvloop(serve_pg_relay(args.port, int(args.arg)))
         else:
             _run_uvloop(serve_passthrough(args.port, args.arg))
         return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from loadtest import procstat
-from loadtest.harness import Env, Proc, Target, free_port, tokenproxy_argv
+from loadtest.harness import Env, Proc, Target, free_port, python_argv, tokenproxy_argv
 from loadtest.scenarios.http import config_toml
 
 PGBENCH = "/usr/bin/pgbench"
@@ -202,7 +202,8 @@ stats_period = 3600
 
 
 class PgStack:
-    """A database seeded for one scenario, PgBouncer and tokenproxy in front of it."""
+    """A database seeded for one scenario, PgBouncer and tokenproxy in front of it (and,
+    when asked, the parsing relay: `loadtest.pg_relay`)."""
 
     def __init__(self, env: Env, name: str, tables: Sequence[str] = ("customers",)) -> None:
         self.env, self.name = env, name
@@ -219,15 +220,34 @@ class PgStack:
         self.postgres = Attached("postgres", pid, env)
         self.pgbouncer: Proc | None = None
         self.tokenproxy: Proc | None = None
+        self.relay: Proc | None = None
         self.pgbouncer_port, self.tokenproxy_port = free_port(), free_port()
+        self.relay_port = free_port()
 
-    def start(self) -> None:
-        """PgBouncer and tokenproxy, both answering a query before this returns."""
+    def start(self, relay: bool = False) -> None:
+        """PgBouncer and tokenproxy (and the parsing relay if ``relay``), each answering a
+        query before this returns."""
         self._start_pgbouncer()
         self._start_tokenproxy()
         assert self.pgbouncer is not None and self.tokenproxy is not None
+        if relay:
+            self.relay = self.env.spawn(
+                f"{self.name}-relay",
+                python_argv("_serve", "pg-relay", str(self.relay_port), str(self.pg_port)),
+                role="proxy",
+            )
+            wait_query(self.relay, self.relay_dsn)
         wait_query(self.pgbouncer, self.pgbouncer_dsn)
         wait_query(self.tokenproxy, self.tokenproxy_dsn)
+
+    @property
+    def relay_dsn(self) -> str:
+        return with_port(self.dsn, self.relay_port)
+
+    def relay_target(self) -> Target:
+        """The parsing relay (`start` with ``relay``)."""
+        assert self.relay is not None
+        return Target("python-relay", self.relay_dsn, self.relay)
 
     @property
     def pgbouncer_dsn(self) -> str:

@@ -68,16 +68,19 @@ def test_a_tiny_pg_run(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     by_name = {s["scenario"]: s for s in data["scenarios"]}
     assert set(by_name) == {"pg-point", "pg-bulk", "pg-stream"}
-    for scenario in by_name.values():
+    for name, scenario in by_name.items():
+        # (point selects also beside the Python relay that decodes every message)
+        references = ["direct", "python-relay"] if name == "pg-point" else ["direct"]
         assert (scenario["baseline"], scenario["candidate"], scenario["references"]) == (
-            "pgbouncer", "tokenproxy", ["direct"])
+            "pgbouncer", "tokenproxy", references)
         assert scenario["problems"] == []
-        for name in ("pgbouncer", "tokenproxy", "direct"):
-            m = scenario["medians"][name]
+        for target in ("pgbouncer", "tokenproxy", *references):
+            m = scenario["medians"][target]
             assert m["requests"] > 0 and m["requests_per_s"] > 0 and m["errors"] == 0
         assert scenario["medians"]["tokenproxy"]["cpu_us_per_request"] > 0
-        assert set(scenario["reference_ratios"]) == {"pgbouncer / direct",
-                                                     "tokenproxy / direct"}
+        assert set(scenario["reference_ratios"]) == {
+            f"{a} / {ref}" for ref in references for a in ("pgbouncer", "tokenproxy")}
+    assert "of the parsing relay" in by_name["pg-point"]["notes"]
     point = by_name["pg-point"]["medians"]["tokenproxy"]
     assert 0 < point["p50_ms"] <= point["p99_ms"]
     assert "tokenproxy RSS" in by_name["pg-stream"]["notes"]

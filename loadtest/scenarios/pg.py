@@ -14,7 +14,10 @@ customers before anything is measured.
   prepared``; ``pg-point-simple``: ``-M simple``, the id written into the query's text,
   as psql and client-side interpolating drivers send it: a text new to the analysis cache
   at nearly every query); latency percentiles from pgbench's per-transaction log. Target:
-  tokenproxy at least 60% of PgBouncer's throughput.
+  tokenproxy at least 60% of PgBouncer's throughput. A third reference runs in the same
+  rounds: ``python-relay`` (:mod:`loadtest.pg_relay`), a relay on uvloop that decodes
+  every message both ways with tokenproxy's codec and forwards it, the Python floor the
+  issue compares with (it measured such a relay at 0.50x direct, PgBouncer at 0.60x).
 - ``pg-bulk``: ``SELECT id, full_name, phone FROM customers``, 200,000 rows, read again and
   again by one client; a read's wall time is the latency. Target: at most 4x direct.
 - ``pg-stream``: 5,000,000 rows of ``big`` (the values of 10,000 customers repeated),
@@ -90,6 +93,7 @@ class PgScenario(Scenario):
     customers: ClassVar[int] = 100_000
     quick_customers: ClassVar[int] = 2_000  # --quick: for development, not figures
     tables: ClassVar[tuple[str, ...]] = ("customers",)
+    relay: ClassVar[bool] = False  # the parsing relay as a reference too (loadtest.pg_relay)
 
     def setup(self, env: Env) -> None:
         self.env = env
@@ -97,7 +101,7 @@ class PgScenario(Scenario):
         self.stack = PgStack(env, self.name, self.tables)
         took = self.seed()
         self.notes["seeded"] = f"{self.describe_seed()} in {took:.1f} s"
-        self.stack.start()
+        self.stack.start(relay=self.relay)
         self.stack.check_tokenized()
         self.prime()
 
@@ -126,7 +130,8 @@ class PgScenario(Scenario):
         return base, cand
 
     def references(self) -> tuple[Target, ...]:
-        return (self.stack.targets()[2],)
+        direct = self.stack.targets()[2]
+        return (direct, self.stack.relay_target()) if self.relay else (direct,)
 
 
 # --------------------------------------------------------------------------- pg-point
@@ -166,6 +171,7 @@ class PgPoint(PgScenario):
                " customers, warm token cache")
     connections = 16
     mode: ClassVar[str] = "extended"
+    relay = True
 
     def load(self, target: Target, spec: LoadSpec) -> LoadResult:
         exe = ensure_pgbench()
@@ -206,8 +212,13 @@ class PgPoint(PgScenario):
         self.notes["target"] = (f"tokenproxy {share:.1%} of PgBouncer's throughput"
                                 f" (>= {POINT_TARGET:.0%}): {verdict}")
         direct = {k.split(" / ")[0]: v["requests_per_s"]
-                  for k, v in report.reference_ratios.items()}
+                  for k, v in report.reference_ratios.items() if k.endswith(" / direct")}
         self.notes["of direct"] = ", ".join(f"{k} {v:.1%}" for k, v in direct.items())
+        relay = report.reference_ratios.get("tokenproxy / python-relay")
+        if relay is not None:
+            self.notes["of the parsing relay"] = (
+                f"tokenproxy {relay['requests_per_s']:.1%}, pgbouncer"
+                f" {report.reference_ratios['pgbouncer / python-relay']['requests_per_s']:.1%}")
         cpu = {n: report.medians[n].cpu_us_per_request for n in (report.baseline,
                                                                   report.candidate)}
         self.notes["CPU per query (/proc)"] = ", ".join(f"{n} {v:.0f} us"
