@@ -218,7 +218,13 @@ def _str(buf: bytes, p: int, end: int) -> tuple[str, int]:
     nul = buf.index(0, p, end)
     if nul == p:  # (the unnamed statement or portal: most of them)
         return "", p + 1
-    return buf[p:nul].decode("utf-8", "surrogateescape"), nul + 1
+    return _text(buf[p:nul]), nul + 1
+
+
+def _text(raw: bytes) -> str:
+    """A string of the protocol (bytes the client's encoding may not decode kept as
+    surrogates: the text sent on is the text received)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _done(p: int, end: int, what: str) -> None:
@@ -1132,6 +1138,18 @@ class FrontendDecoder(_Decoder[FrontendMessage]):
     def _set_phase(self, phase: FrontendPhase) -> None:
         self._phase = phase
         self._fast = phase is FrontendPhase.MESSAGES and self._error is None
+
+    def query_text(self, frame: bytes) -> str | None:
+        """The text of ``frame`` if it is exactly one well-formed Query, of a length this
+        decoder takes, while it reads typed messages: what `next_message` would read from
+        it (a Query's ``sql``), with no message made. None otherwise (feed it to see why)."""
+        n = len(frame)
+        if not self._fast or n < 6 or frame[0] != 0x51 or frame.find(0, 5) != n - 1:
+            return None  # (its text must end the frame: no NUL inside it)
+        (size,) = _I32_FROM(frame, 1)
+        if size != n - 1 or not self.fits(0x51, size):
+            return None
+        return _text(frame[5:-1])
 
     @property
     def direct_tls(self) -> bool:

@@ -640,14 +640,9 @@ class Session:
         that bind values themselves send, one a read): `_query_now` of its text, with no
         message decoded. None when it is not exactly one well-formed Query (the decoder
         then reads it, with its errors), or needs I/O."""
-        n = len(data)
-        if n < 6 or data.find(0, 5) != n - 1:  # (its text ends the read, with no NUL in it)
-            return None
-        (size,) = _LENGTH_FROM(data, 1)
-        if size != n - 1 or not self.est.client_decoder.fits(_QUERY, size):
-            return None
-        sent = self._query_now(data[5:-1].decode("utf-8", "surrogateescape"), data)
-        return None if sent is None else (sent, n)
+        sql = self.est.client_decoder.query_text(data)
+        sent = None if sql is None else self._query_now(sql, data)
+        return None if sent is None else (sent, len(data))
 
     def take_batch(self) -> Handled | None:
         """`whole_batch` of the bytes buffered (the client pump's ``take``); None: the

@@ -1547,3 +1547,58 @@ def test_error_response_helper() -> None:
     ):
         with pytest.raises(InvalidInputError):
             bad()
+
+
+# ------------------------------------------------- a Query's text read from its frame alone
+
+
+def _frames_beginning_with_q() -> st.SearchStrategy[bytes]:
+    """Query frames, well formed or a little off: NULs in the text, another length, bytes
+    after it, a frame cut short."""
+    text = st.text(alphabet=st.sampled_from("SELECT 1;é'\udcff "), max_size=40)
+
+    def frame(sql: str, nul: int | None, skew: int, tail: bytes, cut: int) -> bytes:
+        if nul is not None:
+            sql = sql[:nul] + "\x00" + sql[nul:]
+        body = sql.encode("utf-8", "surrogateescape") + b"\x00"
+        whole = b"Q" + (len(body) + 4 + skew).to_bytes(4, "big", signed=True) + body + tail
+        return whole[: len(whole) - cut]
+
+    return st.builds(frame, text, st.none() | st.integers(0, 40),
+                     st.sampled_from([0, 0, 0, -1, 1, -10]),
+                     st.sampled_from([b"", b"", b"Q", Sync().encode()]),
+                     st.sampled_from([0, 0, 0, 1, 6]))
+
+
+@given(_frames_beginning_with_q(), st.sampled_from([20, 1 << 30]))
+def test_a_query_text_is_what_the_decoder_reads_from_the_frame(frame: bytes, limit: int) -> None:
+    """`query_text` gives a text only for bytes the decoder reads as exactly one Query
+    (the same text, nothing left over), and None for every other: never a text the
+    decoder would refuse, cut, or read another way."""
+    decoder = typed_frontend(max_message_size=limit)
+    text = decoder.query_text(frame)
+    decoder.feed(frame)
+    try:
+        messages = drain(decoder)
+    except ProtocolError:
+        messages = None
+    one_query = (
+        messages is not None and len(messages) == 1 and isinstance(messages[0], Query)
+        and not decoder.buffered
+    )
+    assert (text is not None) == one_query
+    if text is not None:
+        assert messages is not None and messages[0] == Query(text)
+        assert messages[0].encode() == frame  # (the text sent on is the text received)
+
+
+def test_no_query_text_before_typed_messages_or_over_the_limit() -> None:
+    frame = Query("SELECT 1").encode()
+    assert FrontendDecoder().query_text(frame) is None  # (still in start-up)
+    assert typed_frontend().query_text(frame) == "SELECT 1"
+    long = Query("SELECT 1 " * 5).encode()
+    assert typed_frontend(max_message_size=40).query_text(long) is None
+    decoder = typed_frontend(max_message_size=40)
+    decoder.feed(long)
+    with pytest.raises(ProtocolError, match="over the limit"):
+        drain(decoder)
