@@ -457,8 +457,7 @@ class Session:
             # outputs of the session's cursor or statement it runs (FETCH, EXECUTE).
             shared = all(s.fetch is None and s.execute is None for s in analysis.statements)
             self._last_query = (analysis, snapshot, ticket, runs) if shared else None
-        if self._copying is not None:
-            self.copy_in = None
+        self.copy_in = None
         self.expect.append(_Expect("query", runs=runs))
         return wire
 
