@@ -33,11 +33,12 @@ def migrated(pg_dsn: str) -> str:
 def test_migrate_is_idempotent_and_check_reports_the_version(pg_dsn: str) -> None:
     first = tp(pg_dsn, "db", "migrate")
     assert first.returncode == 0, first.stderr
-    assert "applied now: 1 (tokens), 2 (tickets_audit), 3 (alternate_tokens)" in first.stdout
+    assert ("applied now: 1 (tokens), 2 (tickets_audit), 3 (alternate_tokens),"
+            " 4 (cancel_keys)\n") in first.stdout
     second = tp(pg_dsn, "db", "migrate")
     assert "applied now: none" in second.stdout
     check = tp(pg_dsn, "db", "check")
-    assert check.returncode == 0 and "schema at version 3" in check.stdout
+    assert check.returncode == 0 and "schema at version 4" in check.stdout
 
 
 def test_check_on_an_empty_database_says_to_migrate(pg_dsn: str) -> None:

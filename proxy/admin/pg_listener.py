@@ -1,8 +1,9 @@
 """The PostgreSQL front end as ``tokenproxy serve`` runs it, built from ``[pg]``.
 
 The listener shares the HTTP front end's engine holder (a keyring reload swaps both), the
-store, tickets and audit log. The upstream's catalog is read as ``pg.catalog_user`` (its
-password from ``pg.catalog_password_env``), one connection per database clients use.
+store, tickets and audit log; its cancel keys are in the store too, for every proxy. The
+upstream's catalog is read as ``pg.catalog_user`` (its password from
+``pg.catalog_password_env``), one connection per database clients use.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import structlog
 
 from proxy.config import PgConfig, secret
 from proxy.crypto.engine import TokenEngine
+from proxy.pg.cancels import CancelRegistry
 from proxy.pg.catalog import Catalogs
 from proxy.pg.server import PgFrontEnd
 from proxy.pg.session import PgContext, run_session
@@ -23,6 +25,7 @@ from proxy.pg.startup import Established, PgSettings, client_tls_context
 from proxy.policy.columns import ColumnPolicy
 from proxy.store.audit import AuditLog
 from proxy.store.budget import BudgetLimits
+from proxy.store.cancel_keys import CancelKeyTable
 from proxy.store.durable import Store
 from proxy.store.tickets import TicketStore
 
@@ -99,7 +102,9 @@ class PgListener:
             policy=policy,
             limits=limits,
         )
-        self.front_end = PgFrontEnd(self.settings, session=self._session)
+        # Cancel keys in the store: a cancel may reach another proxy than its session's.
+        cancels = CancelRegistry(shared=CancelKeyTable(store.pool, where=store.where))
+        self.front_end = PgFrontEnd(self.settings, session=self._session, cancels=cancels)
 
     async def _session(self, est: Established) -> None:
         await run_session(self.context, est)

@@ -22,8 +22,9 @@ from typing import Final
 
 import structlog
 
+from proxy.pg.cancels import CancelRegistry
 from proxy.pg.relay import relay_plain
-from proxy.pg.startup import CancelRegistry, Established, PgSettings, establish
+from proxy.pg.startup import Established, PgSettings, establish
 
 __all__ = ["PgFrontEnd", "SessionHook"]
 
@@ -144,7 +145,8 @@ class PgFrontEnd:
             await established.close()
 
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109  (a grace period)
-        """Stop accepting, let sessions end for up to ``timeout`` s, then cancel them."""
+        """Stop accepting, let sessions end for up to ``timeout`` s, then cancel them (and
+        forget their cancel keys)."""
         self._closing = True
         for task in self._accepting:
             task.cancel()
@@ -161,4 +163,5 @@ class PgFrontEnd:
         if pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*pending, return_exceptions=True)
+        await self.cancels.close()
         log.info("pg.closed", cancelled_sessions=len(pending))

@@ -17,8 +17,9 @@ What happens before that, in order:
    (each at most once, in any order). Cleartext bytes sent after an SSLRequest are refused
    (CVE-2021-23214, by the codec).
 2. A CancelRequest: the key is looked up in the `CancelRegistry` (the secret compared in
-   constant time) and the real one sent upstream on a new connection; an unknown key is
-   dropped. The client gets nothing back but the close, as from PostgreSQL.
+   constant time; with a shared table, also the keys other proxies issued) and the real one
+   sent upstream on a new connection; an unknown key is dropped. The client gets nothing
+   back but the close, as from PostgreSQL.
 3. A StartupMessage: the upstream is connected (with ``upstream_tls``, by SSLRequest, and an
    'N' is refused: fail closed), the StartupMessage forwarded as received, and the
    authentication exchange relayed: trust, password, md5 and SCRAM-SHA-256. The proxy
@@ -40,8 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import secrets
 import socket
 import ssl
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from typing import Final, NoReturn
 
 import structlog
 
+from proxy.pg.cancels import CancelRegistry, CancelTarget
 from proxy.pg.codec import (
     AuthResponseKind,
     BackendDecoder,
@@ -86,8 +86,6 @@ from proxy.pg.messages import (
 
 __all__ = [
     "ALPN_PROTOCOL",
-    "CancelRegistry",
-    "CancelTarget",
     "Established",
     "PgSettings",
     "client_tls_context",
@@ -105,7 +103,6 @@ _TLS_HANDSHAKE: Final = 0x16
 _CLOSE_TIMEOUT: Final = 2.0
 _LINGER_TIMEOUT: Final = 0.5
 _LINGER_BYTES: Final = 1 << 20
-_MAX_PID: Final = 2**31 - 1
 _FALSE_WORDS: Final = frozenset({"", "0", "false", "off", "no", "f", "n"})
 
 
@@ -175,52 +172,8 @@ class PgSettings:
 
 
 # ============================================================================
-# Cancel keys
+# Cancels
 # ============================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTarget:
-    """Where a session's query runs: the upstream, and the key its server issued."""
-
-    host: str
-    port: int
-    pid: int
-    secret_key: bytes = field(repr=False)
-    tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
-
-
-class CancelRegistry:
-    """The cancel keys the proxy issued, each mapped to the upstream's real one."""
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[bytes, CancelTarget]] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def issue(self, target: CancelTarget) -> BackendKeyData:
-        """A new key for ``target``: its pid when free, and a fresh secret of its length."""
-        pid = target.pid
-        while pid in self._entries or not 0 < pid <= _MAX_PID:
-            pid = secrets.randbelow(_MAX_PID) + 1
-        key = secrets.token_bytes(len(target.secret_key))
-        self._entries[pid] = (key, target)
-        return BackendKeyData(pid, key)
-
-    def lookup(self, pid: int, secret_key: bytes) -> CancelTarget | None:
-        """The target of an issued key, or None; the secret is compared in constant time."""
-        entry = self._entries.get(pid)
-        if entry is None:
-            return None
-        key, target = entry
-        return target if hmac.compare_digest(key, secret_key) else None
-
-    def release(self, key: BackendKeyData) -> None:
-        """Forget an issued key (the session ended)."""
-        entry = self._entries.get(key.pid)
-        if entry is not None and hmac.compare_digest(entry[0], key.secret_key):
-            del self._entries[key.pid]
 
 
 async def forward_cancel(target: CancelTarget, connect_timeout: float) -> bool:
@@ -694,12 +647,17 @@ class _Handshake:
         return await self.start(message)
 
     async def cancel(self, request: CancelRequest) -> None:
-        target = self.cancels.lookup(request.pid, request.secret_key)
+        target = await self.cancels.find(request.pid, request.secret_key, self._cancel_tls)
         if target is None:
             log.warning("pg.cancel_unknown_key", peer=self.peer)
             return
         done = await forward_cancel(target, self.settings.connect_timeout)
         log.info("pg.cancel_forwarded", peer=self.peer, pid=request.pid, delivered=done)
+
+    def _cancel_tls(self) -> ssl.SSLContext:
+        """The TLS context for the upstream of a session another proxy holds."""
+        settings = self.settings
+        return settings.upstream_context or upstream_tls_context(settings.upstream_ca_file)
 
     async def start(self, startup: StartupMessage) -> Established:
         params = dict(startup.parameters)
@@ -829,7 +787,7 @@ class _Handshake:
                         message.secret_key,
                         self.settings.upstream_context if self.upstream_tls else None,
                     )
-                    self.issued = self.cancels.issue(target)
+                    self.issued = await self.cancels.issue(target)
                     client.write(self.issued.encode())
                 case ReadyForQuery():
                     ready = message

@@ -14,6 +14,10 @@ import pytest
 from admin_env import AdminEnv, running_upstream, start_env
 
 from proxy import keystore
+from proxy.pg.cancels import CancelRegistry
+from proxy.pg.messages import CancelRequest
+from proxy.pg.server import PgFrontEnd
+from proxy.store.cancel_keys import CancelKeyTable
 
 NAME, PHONE = "Wulan Sekar Arum", "+62 812-4455-9901"
 
@@ -91,3 +95,39 @@ async def test_keyring_reload_reaches_the_postgresql_listener(env: AdminEnv) -> 
     finally:
         await conn.close()
     assert after != before
+
+
+async def test_a_cancel_that_reaches_another_proxy_cancels_the_query(env: AdminEnv) -> None:
+    """Another proxy on the same state database (as behind a load balancer) finds the
+    session's key in it and passes the cancel on."""
+    assert env.runtime.pg is not None
+    async with asyncpg.create_pool(env.dsn, min_size=1, max_size=2) as pool:
+        other = PgFrontEnd(env.runtime.pg.settings,
+                           cancels=CancelRegistry(shared=CancelKeyTable(pool)))
+        [(host, port)] = await other.start("127.0.0.1", 0)
+        conn = await asyncpg.connect(proxied(env))
+        try:
+            pid = conn.get_server_pid()
+            stored = await pool.fetchval(_UPSTREAM_PID, pid)
+            assert stored == pid  # the real pid, free here: the key's own
+            secret = env.runtime.pg.front_end.cancels._entries[pid][0]
+            slow = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30)"))
+            await asyncio.sleep(0.3)
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(CancelRequest(pid, secret).encode())
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed once passed on
+            writer.close()
+            with pytest.raises(asyncpg.QueryCanceledError):
+                await asyncio.wait_for(slow, 10)
+        finally:
+            await conn.close()
+            await other.close(2)
+        for _ in range(100):  # the session's row goes when it ends
+            if await pool.fetchval(_UPSTREAM_PID, pid) is None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the ended session's cancel key is still in the table")
+
+
+_UPSTREAM_PID = "SELECT upstream_pid FROM pg_cancel_keys WHERE pid = $1"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from proxy.pg.cancels import CancelRegistry
 from proxy.pg.relay import relay_plain
 from proxy.pg.server import PgFrontEnd, SessionHook
 from proxy.pg.startup import PgSettings
@@ -60,6 +61,7 @@ async def proxy_env(
     connect_timeout: float = 5.0,
     startup_timeout: float = 10.0,
     close_timeout: float = 2.0,
+    cancels: CancelRegistry | None = None,
 ) -> AsyncIterator[ProxyEnv]:
     """A `PgFrontEnd` on 127.0.0.1 (a free port) in front of ``upstream_dsn``'s server."""
     host, port = upstream_of(upstream_dsn)
@@ -72,7 +74,7 @@ async def proxy_env(
         connect_timeout=connect_timeout,
         startup_timeout=startup_timeout,
     )
-    frontend = PgFrontEnd(settings, session=session)
+    frontend = PgFrontEnd(settings, session=session, cancels=cancels)
     [(bound_host, bound_port)] = await frontend.start("127.0.0.1", 0)
     try:
         yield ProxyEnv(
