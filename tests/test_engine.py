@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -167,3 +169,42 @@ def test_a_token_another_version_issued_is_never_issued_again(
     assert (Method.ALTERNATE in methods) == any(taken for _, taken, _ in items)
     for row in before:  # (what was issued before stays as it was)
         assert row in e2.registry.lookup(row.kind, row.token)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.lists(WORDS, min_size=1, max_size=3).map(" ".join), PHONES,
+                          st.sampled_from(["{n} called from {p}", "{N} ({p}) and {w}",
+                                           "ask {w} about {p}; {n}"])),
+                min_size=1, max_size=4))
+def test_text_candidates_are_the_ff1_pieces_a_note_gets(
+    items: list[tuple[str, str, str]],
+) -> None:
+    """The dry run of notes names, per kind, every FF1 token the real run then issues
+    inside them (full names, their casings and words, phones), and draws and records
+    nothing; with one key version it is skipped."""
+    notes = [(form.format(n=name, N=name.upper(), w=name.split()[-1], p=phone), (name,))
+             for name, phone, form in items]
+    registry = _Kept()
+    e2 = TokenEngine.standard(ring(KeyState.DECRYPT_ONLY, KeyState.ACTIVE), MemoryVault(),
+                              registry)
+    candidates = e2.text_candidates(notes)
+    assert not len(e2.vault) and not registry.recorded
+    for note, names in notes:
+        e2.tokenize_text(note, names)
+    issued = {(r.kind, r.token) for r in registry.recorded if r.method is Method.FF1}
+    assert issued == {(kind, t) for kind, tokens in candidates.items() for t in tokens}
+    assert set(candidates) == {"phone", "name"}
+    assert engine(ring(KeyState.ACTIVE)).text_candidates(notes) == {}
+
+
+class _Kept(MemoryRegistry):
+    """A registry that also keeps every row recorded, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorded: list[IssuedToken] = []
+
+    def record(self, issued: Iterable[IssuedToken]) -> None:
+        rows = list(issued)
+        self.recorded += rows
+        super().record(rows)

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import secrets
 
+import asyncpg
 import pytest
+from store_fixtures import *  # noqa: F403  (the store_pool fixture)
 
 from proxy.crypto.engine import AmbiguousTokenError, TokenEngine
 from proxy.crypto.keyring import DataKey, Keyring, KeyState
 from proxy.crypto.registry import MemoryRegistry
 from proxy.crypto.tokens import IssuedToken, Kind, Method
-from proxy.crypto.vault import MemoryVault
-from proxy.store.freetext import resolve_note
+from proxy.crypto.vault import MemoryVault, Unrecorded
+from proxy.store.durable import Store
+from proxy.store.freetext import resolve_note, tokenize_notes
+from proxy.store.registry import PgTokenRegistry
 
 NAME = "Budi Santoso"  # (a first name of four letters: its token comes from the vault)
 NOTE = "Called Budi back on +62 812-3456-7890 about the router."
@@ -107,3 +111,29 @@ async def test_a_note_of_a_phone_whose_plain_token_is_taken_resolves() -> None:
     note = after.tokenize_text(NOTE, [NAME])
     assert field != plain and field in note and plain not in note
     assert await resolve_note(after, None, note, [name]) == NOTE
+
+
+async def test_a_note_piece_whose_plain_token_is_taken_in_the_database_takes_the_alternate(
+    store_pool: asyncpg.Pool,
+) -> None:
+    """The registry in the database, a proxy with nothing cached: the note's word
+    "Bambang", whose plain token under the new key version 1 issued for another word (a
+    row another proxy wrote), takes its alternate token; the note saved back resolves whole
+    (the plain token would be refused as ambiguous: the note could never be saved)."""
+    store = Store.over(store_pool, "test")
+    k1, k2 = DataKey(1, secrets.token_bytes(32)), DataKey(2, secrets.token_bytes(32))
+    engine = TokenEngine.standard(
+        Keyring((k1.with_state(KeyState.DECRYPT_ONLY), k2)), store.vault, store.registry
+    )
+    plain = engine.tokenizer(Kind.NAME.value).tokenize("Bambang", k2, Unrecorded()).token
+    elsewhere = PgTokenRegistry(store_pool)
+    elsewhere.record([IssuedToken(Kind.NAME.value, plain, 1, Method.FF1)])
+    await elsewhere.flush()
+    [name] = await store.tokenize(engine, Kind.NAME.value, [LONG_NAME])
+    [note], settled = await tokenize_notes(engine, store, [(LONG_NOTE, (LONG_NAME,))])
+    assert settled and "Bambang" not in note and plain not in note
+    [word] = [w for w in note.split() if len(w) == len("Bambang") and w != "Bambang"][:1]
+    rows = await store_pool.fetch(
+        "SELECT version, method FROM token_registry WHERE kind = 'name' AND token = $1", word)
+    assert [(r["version"], r["method"]) for r in rows] == [(2, "ff1-alt")]
+    assert await resolve_note(engine, store, note, [name]) == LONG_NOTE

@@ -24,7 +24,7 @@ from proxy.crypto.phones import PhoneTokenizer
 from proxy.crypto.registry import TokenRegistry
 from proxy.crypto.text import TextTokenizer
 from proxy.crypto.tokens import IssuedToken, Kind, Method, Tokenized, Tokenizer
-from proxy.crypto.vault import HeldOnly, Vault
+from proxy.crypto.vault import HeldOnly, Unrecorded, Vault
 from proxy.errors import InvalidInputError, KeyringError, NotATokenError, VaultMissError
 
 CACHE_SIZE = 100_000
@@ -243,6 +243,29 @@ class TokenEngine:
             if result.method is Method.FF1 and not result.pieces:
                 out.append(result.token)
         return out
+
+    def text_candidates(
+        self, items: Sequence[tuple[str, Sequence[str]]]
+    ) -> dict[str, list[str]]:
+        """`candidates` of notes: per kind, the FF1 tokens the active key would give the
+        pieces of each ``(note, known names)`` (its phones, names, their words and
+        casings), with nothing drawn or recorded. Empty with one key version."""
+        if len(self.keyring.keys) < 2:
+            return {}
+        text = self.tokenizer(Kind.TEXT)
+        if not isinstance(text, TextTokenizer):
+            raise InvalidInputError("this engine has no free-text tokenizer")
+        out: dict[str, dict[str, None]] = {}
+
+        def collect(kind: str, value: str, result: Tokenized) -> Tokenized:
+            if result.method is Method.FF1 and not result.pieces:
+                out.setdefault(kind, {})[result.token] = None
+            return result
+
+        key, dry = self.keyring.active, Unrecorded()
+        for value, names in items:
+            text.tokenize(value, key, dry, names, collect)
+        return {kind: list(tokens) for kind, tokens in out.items()}
 
     # -- internals ---------------------------------------------------------------------
 

@@ -65,6 +65,17 @@ class HeldOnly:
         return self.vault.value_for(kind, token, keyring)
 
 
+class Unrecorded:
+    """Throwaway draws, nothing held or stored: a dry run's vault, for which only the FF1
+    tokens of the run matter (`TokenEngine.text_candidates`)."""
+
+    def token_for(self, kind: str, value: str, key: DataKey, draw: Callable[[], str]) -> str:
+        return draw()
+
+    def value_for(self, kind: str, token: str, keyring: Keyring) -> str:
+        raise NotATokenError("a dry run's vault resolves nothing")
+
+
 def _no_draw() -> str:
     raise VaultMissError("no token of this value is held under this key version")
 

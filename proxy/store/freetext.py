@@ -8,8 +8,9 @@ the rows of the name and phone tokens inside it, so notes take this path:
 
 **Responses** (:func:`tokenize_notes`): the engine's text tokenizer with the record's
 names, the same settle loop as :func:`proxy.store.durable.tokenize_durably` (vault values
-prefetched, vault rows written and races settled, the pieces recorded in the registry and
-flushed) before the note may leave. While the database is away, pieces queue and the note
+and, with several key versions, the registry rows of the pieces' tokens prefetched, vault
+rows written and races settled, the pieces recorded in the registry and flushed) before
+the note may leave. While the database is away, pieces queue and the note
 goes out, like any token.
 
 **Requests** (:func:`resolve_note`): a note that comes back holds tokens only where the
@@ -94,13 +95,17 @@ async def tokenize_notes(
     health, vault = store.health, store.vault
     away = not health.healthy
     if not away:
-        words = name_words(n for _, names in items for n in names)
-        if words:
-            try:
+        try:
+            words = name_words(n for _, names in items for n in names)
+            if words:
                 await vault.prefetch_values(Kind.NAME.value, words, engine.keyring.active)
-            except DatabaseUnavailableError as exc:
-                health.report_failure(exc)
-                away = True
+            # The registry rows of the pieces' tokens, so that a token another key version
+            # issued is seen and the piece takes its alternate (as `tokenize_durably` does).
+            for kind, tokens in engine.text_candidates(items).items():
+                await store.registry.prefetch(kind, tokens)
+        except DatabaseUnavailableError as exc:
+            health.report_failure(exc)
+            away = True
     for _ in range(MAX_SETTLE_ROUNDS):
         losses = vault.losses
         tokens = _tokenize_all(engine, items)
