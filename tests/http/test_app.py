@@ -16,8 +16,6 @@ from http_env import Env
 
 from proxy.config import load_config
 from proxy.crypto.keyring import DataKey, Keyring, KeyState
-from proxy.crypto.registry import MemoryRegistry
-from proxy.crypto.tokens import IssuedToken, Method
 from proxy.http.app import HttpContext, run_http
 from proxy.http.settings import settings_from_config
 from proxy.policy.fields import DefaultFields
@@ -119,9 +117,10 @@ async def test_a_token_two_key_versions_issued_for_different_values_is_refused(
     http_env: Env,
 ) -> None:
     """After a rotation the new key's token of one phone may be the old key's token of
-    another (two permutations of one domain). A save that sends it back is refused with
-    409 ambiguous-token, never resolved by a guess; the request's log line names the
-    refusal, and the database keeps its values."""
+    another (two permutations of one domain); a proxy that could not check the registry
+    then (its database away) issued it all the same: its row is in the table. A save that
+    sends the token back is refused with 409 ambiguous-token, never resolved by a guess;
+    the request's log line names the refusal, and the database keeps its values."""
     ctx = http_env.ctx
     old_engine = ctx.engines.current
     before = await http_env.customer_row(1003)
@@ -131,15 +130,21 @@ async def test_a_token_two_key_versions_issued_for_different_values_is_refused(
     rotated = old_engine.with_keyring(Keyring(
         (v1.with_state(KeyState.DECRYPT_ONLY), DataKey(v1.version + 1, secrets.token_bytes(32)))
     ))
-    rotated.registry = MemoryRegistry()  # (not the env's: its rows stay as they are)
-    rotated.registry.record([IssuedToken("phone", record["phone"], v, Method.FF1)
-                             for v in (v1.version, v1.version + 1)])
+    other = rotated.tokenizer("phone").detokenize(record["phone"], rotated.keyring.active,
+                                                  rotated.vault)
+    assert other != before["phone"]  # the phone the other proxy's token stood for
+    row = ("phone", record["phone"], v1.version + 1)
+    await http_env.store.pool.execute(
+        "INSERT INTO token_registry (kind, token, version, method) VALUES ($1, $2, $3, 'ff1')",
+        *row)
     ctx.swap_engine(rotated)
     try:
         with structlog.testing.capture_logs() as logs:
             resp, body = await http_env.request("PUT", "/customers/1003", json=record)
     finally:
         ctx.swap_engine(old_engine)
+        await http_env.store.pool.execute(
+            "DELETE FROM token_registry WHERE kind = $1 AND token = $2 AND version = $3", *row)
     assert resp.status == 409 and resp.headers["X-Tokenproxy-Error"] == "ambiguous-token"
     answer = orjson.loads(body)
     assert answer["error"] == "ambiguous-token" and "cite a ticket" in answer["message"]
