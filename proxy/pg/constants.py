@@ -21,7 +21,10 @@ or a parameter), those that are its integer constants free, the others fixed. A 
 with the same characters around its runs, the same fixed ones, and a number in the int4
 range (the scanner's ``ICONST``) in each free one is the template's text with other
 integers in the same places: the scanner reads it as the same tokens, so it is like it
-(`Template.fits`) with no scan.
+(`Template.fits`) with no scan. A template of one free integer (a point select) is also
+matched with no regular expression at all: a text that starts and ends with the
+characters around that integer, with nothing but such a number between them
+(`Template.fits_text`, what a session sending the same select again and again needs).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class Template:
     digits of the others (fixed)."""
 
     runs: tuple[str | None, ...]
+    # With one free run: the text before it and after it (`fits_text`).
+    around: tuple[str, str] | None = None
 
     @classmethod
     def of(cls, sql: str) -> Template | None:
@@ -67,23 +72,43 @@ class Template:
         except pg_parser.ParseError:
             return None
         free = {(t.start, t.end + 1) for t in tokens if t.name == "ICONST"}
-        return cls(
-            tuple(None if m.span() in free else m.group() for m in _DIGIT_RUN.finditer(sql))
-        )
+        found = list(_DIGIT_RUN.finditer(sql))
+        runs = tuple(None if m.span() in free else m.group() for m in found)
+        spans = [m.span() for m, fixed in zip(found, runs, strict=True) if fixed is None]
+        around = (sql[: spans[0][0]], sql[spans[0][1] :]) if len(spans) == 1 else None
+        return cls(runs, around)
 
     def fits(self, runs: list[str]) -> bool:
         """Whether ``runs`` (of a text with this template's key) are the same in its
         fixed places and integer constants in its free ones."""
         for digits, fixed in zip(runs, self.runs, strict=True):
             if fixed is None:
-                value = digits.lstrip("0")  # (leading zeros: still an ICONST)
-                if len(value) > _INT4_DIGITS or (
-                    len(value) == _INT4_DIGITS and int(value) > _INT4_MAX
-                ):
+                if not _int4(digits):
                     return False  # a numeric (FCONST): another text
             elif digits != fixed:
                 return False
         return True
+
+    def fits_text(self, sql: str) -> bool:
+        """Whether ``sql`` is this template's text but for its one free integer: the same
+        characters around it, and an integer constant in its place. False for a template
+        of more or fewer free runs (`fits` then)."""
+        if self.around is None:
+            return False
+        before, after = self.around
+        end = len(sql) - len(after)
+        if end <= len(before) or not sql.startswith(before) or not sql.endswith(after):
+            return False
+        digits = sql[len(before) : end]
+        return digits.isascii() and digits.isdigit() and _int4(digits)
+
+
+def _int4(digits: str) -> bool:
+    """Whether the ASCII ``digits`` are an int4 (what the scanner reads as an ICONST)."""
+    value = digits.lstrip("0")  # (leading zeros: still an ICONST)
+    return len(value) < _INT4_DIGITS or (
+        len(value) == _INT4_DIGITS and int(value) <= _INT4_MAX
+    )
 
 
 def integers_blanked(sql: str) -> str | None:

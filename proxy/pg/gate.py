@@ -79,6 +79,9 @@ class AnalysisCache:
         self._templates: OrderedDict[tuple[str, str], tuple[Template, Analysis]] = (
             OrderedDict()
         )
+        # The last template found, with its catalog fingerprint: a client sending one
+        # point select again and again has its text matched with no regular expression.
+        self._last: tuple[str, Template, Analysis] | None = None
 
     def get(self, snapshot: CatalogSnapshot, sql: str) -> Analysis:
         fingerprint = snapshot.fingerprint
@@ -87,12 +90,16 @@ class AnalysisCache:
         if hit is not None:
             self._items.move_to_end(key)
             return hit
+        last = self._last
+        if last is not None and last[0] == fingerprint and last[1].fits_text(sql):
+            return last[2]
         blanked_runs, runs = digit_runs(sql)
         if runs:
             like_runs = (fingerprint, blanked_runs)
             found = self._templates.get(like_runs)
             if found is not None and found[0].fits(runs):
                 self._templates.move_to_end(like_runs)
+                self._last = (fingerprint, *found)
                 return found[1]
         blanked = integers_blanked(sql)
         if blanked is None:
@@ -110,6 +117,7 @@ class AnalysisCache:
         template = Template.of(sql) if shareable else None
         if template is not None:
             self._templates[(fingerprint, blanked_runs)] = (template, result)
+            self._last = (fingerprint, template, result)
             while len(self._templates) > self.size:
                 self._templates.popitem(last=False)
         return result

@@ -15,6 +15,7 @@ from session_env import SEED, PgEnv, pg_env
 from test_lineage import FakeSchema
 from test_session import RawSession
 
+from proxy.pg.analysis import Relation
 from proxy.pg.constants import Template, digit_runs, integers_blanked, only_compared_integers
 from proxy.pg.gate import AnalysisCache
 from proxy.pg.lineage import analyze
@@ -100,6 +101,27 @@ def test_a_text_that_fits_a_template_scans_as_its_text(
     assert integers_blanked(second) == integers_blanked(first)
 
 
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=10), st.data())
+def test_a_text_fits_a_template_of_one_integer_as_its_runs_do(
+    pieces: list[str], data: st.DataObject
+) -> None:
+    """`Template.fits_text` (no regular expression) takes exactly the texts `fits` takes
+    with the template's key, for a template of one free integer; none for others."""
+    def text() -> str:
+        return "".join(p.format(data.draw(NUMBERS)) for p in pieces)
+
+    first, second = text(), text()
+    template = Template.of(first)
+    if template is None:
+        return
+    key, runs = digit_runs(second)
+    by_runs = key == digit_runs(first)[0] and template.fits(runs)
+    one_free = template.runs.count(None) == 1
+    assert template.fits_text(second) == (by_runs and one_free)
+    assert template.fits_text(first) == one_free
+
+
 def test_templates_fit_texts_with_other_integers_only_in_their_places() -> None:
     template = Template.of(POINT.format(5) + " /*ticket='SUP-12'*/")
     assert template is not None and template.runs == (None, "12")
@@ -109,6 +131,14 @@ def test_templates_fit_texts_with_other_integers_only_in_their_places() -> None:
         assert key == digit_runs(POINT.format(5) + " /*ticket='SUP-12'*/")[0]
         assert template.fits(runs) is fits, number
     assert not template.fits(digit_runs(POINT.format(5) + " /*ticket='SUP-13'*/")[1])
+    assert template.around == (POINT.format(""), " /*ticket='SUP-12'*/")
+    for text, fits in ((POINT.format("41234") + " /*ticket='SUP-12'*/", True),
+                       (POINT.format("") + " /*ticket='SUP-12'*/", False),
+                       (POINT.format("2147483648") + " /*ticket='SUP-12'*/", False),
+                       (POINT.format("\u0661") + " /*ticket='SUP-12'*/", False),  # (not ASCII)
+                       (POINT.format("4 1") + " /*ticket='SUP-12'*/", False),
+                       (POINT.format("5") + " /*ticket='SUP-13'*/", False)):
+        assert template.fits_text(text) is fits, text
     underscored = Template.of("SELECT full_name FROM customers WHERE id = 1_000 AND id = 5")
     assert underscored is not None and underscored.runs == (None,)  # (1_000: in the key)
     assert Template.of("SELECT 'unterminated = 1") is None
@@ -161,6 +191,29 @@ def test_the_order_of_a_sort_position_is_not_shared() -> None:
     by_id = cache.get(schema, "SELECT full_name, id FROM customers ORDER BY 2")  # type: ignore[arg-type]
     by_name = cache.get(schema, "SELECT full_name, id FROM customers ORDER BY 1")  # type: ignore[arg-type]
     assert by_id.statements[0].plain and not by_name.statements[0].plain
+
+
+class Renamed(Schema):
+    """Another catalog (another fingerprint): the customers' names now a plain column."""
+
+    fingerprint = "renamed"
+
+    def __init__(self) -> None:
+        super().__init__()
+        plain = Relation("public", "customers", ("id", "full_name", "phone"))
+        self.rels[("public", "customers")] = plain
+
+
+def test_a_template_is_not_taken_across_catalogs() -> None:
+    """The last template found is the catalog's: the same point select after a change to
+    the catalog (or the policy: both are in the fingerprint) is analysed again."""
+    cache = AnalysisCache()
+    before, after = Schema(), Renamed()
+    first = cache.get(before, POINT.format(1))  # type: ignore[arg-type]
+    assert cache.get(before, POINT.format(2)) is first  # type: ignore[arg-type]
+    changed = cache.get(after, POINT.format(3))  # type: ignore[arg-type]
+    assert changed == analyze(POINT.format(3), after) != first  # type: ignore[arg-type]
+    assert cache.get(before, POINT.format(4)) is first  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ through a live session
