@@ -136,6 +136,8 @@ class Tap:
         self._tasks.add(task)
         try:
             await asyncio.gather(pipe(reader, up_w, False), pipe(up_r, writer, True))
+        except asyncio.CancelledError:
+            pass  # `close`: end quietly (asyncio logs a cancelled connection handler)
         finally:
             self._tasks.discard(task)
 
