@@ -10,8 +10,8 @@ the rows of the name and phone tokens inside it, so notes take this path:
 names, the same settle loop as :func:`proxy.store.durable.tokenize_durably` (vault values
 and, with several key versions, the registry rows of the pieces' tokens prefetched, vault
 rows written and races settled, the pieces recorded in the registry and flushed) before
-the note may leave. While the database is away, pieces queue and the note
-goes out, like any token.
+the note may leave. While the database is away, pieces queue and the note goes out, like
+any token.
 
 **Requests** (:func:`resolve_note`): a note that comes back holds tokens only where the
 proxy put them, and a format-preserving token looks like any text, so only tokens that are
