@@ -125,8 +125,12 @@ async def test_a_cancel_through_another_proxy_cancels_the_query(pair: Pair) -> N
     finally:
         await victim.close()
     await eventually(lambda: not pair.first.frontend.cancels._entries)
-    await pair.first.frontend.cancels.close()  # (waits for the row's DELETE)
-    assert pid not in await rows(pair.pool)
+    for _ in range(100):  # the session's row goes when it ends (the proxies still running)
+        if pid not in await rows(pair.pool):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the ended session's cancel key is still in the table")
 
 
 async def test_a_wrong_secret_cancels_nothing_through_either_proxy(pair: Pair) -> None:
