@@ -27,6 +27,7 @@ worse: grant it to the proxies only.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,13 +36,13 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from proxy.store.db import StoreError, is_unavailable, unavailable
+from proxy.store.db import StoreError, retrying, unavailable
 
 __all__ = ["CancelKeyTable", "SharedCancelKey"]
 
 T = TypeVar("T")
 
-TIMEOUT = 2.0  # seconds for one statement: a session's start waits on `put`
+TIMEOUT = 2.0  # seconds for one call, connecting included: a session's start waits on `put`
 
 _PUT = """
 INSERT INTO pg_cancel_keys AS k
@@ -89,13 +90,13 @@ class CancelKeyTable:
         another live session holds ``pid``."""
         row = await self._run(lambda c: c.fetchrow(
             _PUT, pid, secret, target.host, target.port, target.pid, target.secret_key,
-            target.tls, self.instance, timeout=self.timeout))
+            target.tls, self.instance))
         return row is not None
 
     async def find(self, pid: int, secret: bytes) -> SharedCancelKey | None:
         """The target of the key ``(pid, secret)``, recorded by any proxy; None unless the
         secret matches (compared in constant time)."""
-        row = await self._run(lambda c: c.fetchrow(_FIND, pid, timeout=self.timeout))
+        row = await self._run(lambda c: c.fetchrow(_FIND, pid))
         if row is None or not hmac.compare_digest(bytes(row["secret"]), secret):
             return None
         return SharedCancelKey(row["upstream_host"], row["upstream_port"], row["upstream_pid"],
@@ -103,22 +104,20 @@ class CancelKeyTable:
 
     async def drop(self, pid: int, secret: bytes) -> None:
         """Forget the key (its session ended)."""
-        await self._run(lambda c: c.execute(_DROP, pid, secret, timeout=self.timeout))
+        await self._run(lambda c: c.execute(_DROP, pid, secret))
 
     async def drop_instance(self) -> int:
         """Forget every key this proxy recorded (it stops); how many there were."""
-        status: str = await self._run(
-            lambda c: c.execute(_DROP_INSTANCE, self.instance, timeout=self.timeout))
+        status: str = await self._run(lambda c: c.execute(_DROP_INSTANCE, self.instance))
         return int(status.rsplit(" ", 1)[-1])
 
     async def _run(self, operation: Callable[[Any], Awaitable[T]]) -> T:
+        """``operation`` on a pooled connection (`retrying`, once), connecting included
+        within ``timeout``."""
         try:
-            async with self.pool.acquire(timeout=self.timeout) as conn:
-                return await operation(conn)
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise unavailable(exc, self.where) from None
-            if isinstance(exc, asyncpg.PostgresError):  # (the SQLSTATE only: no value here)
-                raise StoreError(f"pg_cancel_keys at {self.where}: SQLSTATE"
-                                 f" {exc.sqlstate}") from None
-            raise
+            async with asyncio.timeout(self.timeout):
+                return await retrying(self.pool, operation, where=self.where, attempts=1)
+        except TimeoutError as exc:
+            raise unavailable(exc, self.where) from None
+        except asyncpg.PostgresError as exc:  # (the SQLSTATE only: no value here)
+            raise StoreError(f"pg_cancel_keys at {self.where}: SQLSTATE {exc.sqlstate}") from None
